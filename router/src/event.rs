@@ -1,0 +1,78 @@
+//! Topics and events.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use concord_protocol::{GuildId, UserId, intents};
+
+/// What an event is published to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Topic {
+    /// Every session subscribed to a guild.
+    Guild(GuildId),
+    /// Every session of one user (direct events).
+    User(UserId),
+}
+
+impl fmt::Display for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Topic::Guild(g) => write!(f, "guild:{g}"),
+            Topic::User(u) => write!(f, "user:{u}"),
+        }
+    }
+}
+
+/// One event: a dispatch name and a JSON body serialised once.
+#[derive(Debug)]
+pub struct Event {
+    /// The topic it was published to, or `None` for a session's own events (READY,
+    /// GUILD_CREATE, RESUMED).
+    pub topic: Option<Topic>,
+    /// Its sequence number within the topic (0 for session-only events).
+    pub topic_seq: u64,
+    /// The dispatch name (`t`).
+    pub event_type: Box<str>,
+    /// The dispatch payload (`d`), as JSON.
+    pub body: Bytes,
+    /// The intent a session needs to receive it, if any.
+    pub required_intent: Option<u64>,
+    /// When the node accepted it, for publish-to-write latency.
+    pub published_at: Instant,
+}
+
+/// An event shared by every session that receives it.
+pub type SharedEvent = Arc<Event>;
+
+impl Event {
+    /// An event that belongs to one session only (READY, GUILD_CREATE, RESUMED, ...).
+    pub fn session_only(event_type: &str, body: Bytes, now: Instant) -> SharedEvent {
+        Arc::new(Event {
+            topic: None,
+            topic_seq: 0,
+            event_type: event_type.into(),
+            body,
+            required_intent: None,
+            published_at: now,
+        })
+    }
+
+    /// The bytes this event pins in a replay buffer.
+    pub fn weight(&self) -> usize {
+        self.body.len() + self.event_type.len()
+    }
+
+    /// Whether a session with `intents` receives it.
+    pub fn wanted_by(&self, intents: u64) -> bool {
+        self.required_intent.is_none_or(|i| intents & i != 0)
+    }
+}
+
+pub(crate) fn required_intent(topic: Topic, event_type: &str) -> Option<u64> {
+    match topic {
+        Topic::Guild(_) => intents::for_guild_event(event_type),
+        Topic::User(_) => intents::for_direct_event(event_type),
+    }
+}

@@ -1,0 +1,242 @@
+//! The topic table: sequence counters, bounded logs and local subscribers per topic.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::event::{Event, SharedEvent, Topic, required_intent};
+
+/// Something that can subscribe to topics: in the node, a handle to a live session.
+pub trait Subscriber: Clone {
+    /// A key unique among subscribers, used to unsubscribe in O(1).
+    fn key(&self) -> u128;
+}
+
+/// One topic's state.
+#[derive(Debug)]
+struct TopicState<S> {
+    /// The last sequence number given out (0 before the first event).
+    seq: u64,
+    /// The newest events, oldest first, at most `log_capacity` of them.
+    log: VecDeque<SharedEvent>,
+    /// Local subscribers, in a dense vector for fast fan-out.
+    subscribers: Vec<S>,
+    /// Subscriber key -> index in `subscribers`.
+    index: HashMap<u128, usize>,
+}
+
+impl<S> Default for TopicState<S> {
+    fn default() -> Self {
+        TopicState {
+            seq: 0,
+            log: VecDeque::new(),
+            subscribers: Vec::new(),
+            index: HashMap::new(),
+        }
+    }
+}
+
+/// What [`TopicTable::publish`] decided: one shared event and who receives it.
+#[derive(Debug)]
+pub struct Delivery<'a, S> {
+    /// The event, serialised once.
+    pub event: SharedEvent,
+    /// The local subscribers of its topic, in subscription order.
+    pub subscribers: &'a [S],
+}
+
+/// Topics with their sequence counters, logs and subscribers.
+#[derive(Debug)]
+pub struct TopicTable<S> {
+    topics: HashMap<Topic, TopicState<S>>,
+    log_capacity: usize,
+}
+
+impl<S: Subscriber> TopicTable<S> {
+    /// A table whose topic logs keep the newest `log_capacity` events each.
+    pub fn new(log_capacity: usize) -> Self {
+        TopicTable {
+            topics: HashMap::new(),
+            log_capacity,
+        }
+    }
+
+    /// Subscribes `subscriber` to `topic`. Returns `false` if it already was.
+    pub fn subscribe(&mut self, topic: Topic, subscriber: S) -> bool {
+        let state = self.topics.entry(topic).or_default();
+        let key = subscriber.key();
+        if state.index.contains_key(&key) {
+            return false;
+        }
+        state.index.insert(key, state.subscribers.len());
+        state.subscribers.push(subscriber);
+        true
+    }
+
+    /// Unsubscribes the subscriber with `key` from `topic`. Returns whether it was.
+    pub fn unsubscribe(&mut self, topic: Topic, key: u128) -> bool {
+        let Some(state) = self.topics.get_mut(&topic) else {
+            return false;
+        };
+        let Some(i) = state.index.remove(&key) else {
+            return false;
+        };
+        state.subscribers.swap_remove(i);
+        if let Some(moved) = state.subscribers.get(i) {
+            state.index.insert(moved.key(), i);
+        }
+        true
+    }
+
+    /// The local subscribers of `topic`.
+    pub fn subscribers(&self, topic: Topic) -> &[S] {
+        self.topics
+            .get(&topic)
+            .map_or(&[], |s| s.subscribers.as_slice())
+    }
+
+    /// Whether `key` is subscribed to `topic`.
+    pub fn is_subscribed(&self, topic: Topic, key: u128) -> bool {
+        self.topics
+            .get(&topic)
+            .is_some_and(|s| s.index.contains_key(&key))
+    }
+
+    /// The last sequence number of `topic` (0 if nothing was published).
+    pub fn seq(&self, topic: Topic) -> u64 {
+        self.topics.get(&topic).map_or(0, |s| s.seq)
+    }
+
+    /// Sequences a new event on `topic`, appends it to the topic log, and plans its
+    /// delivery to the local subscribers.
+    pub fn publish(
+        &mut self,
+        topic: Topic,
+        event_type: &str,
+        body: Bytes,
+        now: Instant,
+    ) -> Delivery<'_, S> {
+        let state = self.topics.entry(topic).or_default();
+        state.seq += 1;
+        let event = Arc::new(Event {
+            topic: Some(topic),
+            topic_seq: state.seq,
+            required_intent: required_intent(topic, event_type),
+            event_type: event_type.into(),
+            body,
+            published_at: now,
+        });
+        if self.log_capacity > 0 {
+            if state.log.len() == self.log_capacity {
+                state.log.pop_front();
+            }
+            state.log.push_back(Arc::clone(&event));
+        }
+        Delivery {
+            event,
+            subscribers: &state.subscribers,
+        }
+    }
+
+    /// The logged events of `topic` after `after_seq`, oldest first, or `None` if the
+    /// log no longer reaches back that far (the caller must then resynchronise).
+    pub fn log_since(&self, topic: Topic, after_seq: u64) -> Option<Vec<SharedEvent>> {
+        let Some(state) = self.topics.get(&topic) else {
+            return (after_seq == 0).then(Vec::new);
+        };
+        if after_seq >= state.seq {
+            return Some(Vec::new());
+        }
+        let oldest = state.log.front().map_or(state.seq + 1, |e| e.topic_seq);
+        if after_seq + 1 < oldest {
+            return None;
+        }
+        Some(
+            state
+                .log
+                .iter()
+                .filter(|e| e.topic_seq > after_seq)
+                .cloned()
+                .collect(),
+        )
+    }
+
+    /// How many topics the table holds.
+    pub fn len(&self) -> usize {
+        self.topics.len()
+    }
+
+    /// Whether the table holds no topic.
+    pub fn is_empty(&self) -> bool {
+        self.topics.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use concord_protocol::{GuildId, UserId, intents};
+
+    #[derive(Clone, Debug, PartialEq)]
+    struct Sub(u128);
+    impl Subscriber for Sub {
+        fn key(&self) -> u128 {
+            self.0
+        }
+    }
+
+    const G: Topic = Topic::Guild(GuildId(1));
+
+    #[test]
+    fn publish_sequences_and_plans_one_shared_event() {
+        let now = Instant::now();
+        let mut t = TopicTable::new(4);
+        assert!(t.subscribe(G, Sub(1)));
+        assert!(!t.subscribe(G, Sub(1)));
+        t.subscribe(G, Sub(2));
+        let d = t.publish(G, "MESSAGE_CREATE", Bytes::from_static(b"{}"), now);
+        assert_eq!(d.event.topic_seq, 1);
+        assert_eq!(d.subscribers, &[Sub(1), Sub(2)]);
+        assert_eq!(d.event.required_intent, Some(intents::GUILD_MESSAGES));
+        let d = t.publish(G, "X", Bytes::new(), now);
+        assert_eq!(d.event.topic_seq, 2);
+        assert_eq!(t.seq(G), 2);
+        assert_eq!(t.seq(Topic::User(UserId(1))), 0);
+    }
+
+    #[test]
+    fn unsubscribe_keeps_the_index_dense() {
+        let mut t = TopicTable::new(0);
+        for k in 0..5 {
+            t.subscribe(G, Sub(k));
+        }
+        assert!(t.unsubscribe(G, 1));
+        assert!(!t.unsubscribe(G, 1));
+        assert!(t.unsubscribe(G, 4));
+        assert!(t.unsubscribe(G, 0));
+        let mut left: Vec<u128> = t.subscribers(G).iter().map(|s| s.0).collect();
+        left.sort();
+        assert_eq!(left, vec![2, 3]);
+        assert!(t.is_subscribed(G, 3) && !t.is_subscribed(G, 0));
+        assert!(t.unsubscribe(G, 3) && t.unsubscribe(G, 2));
+        assert!(t.subscribers(G).is_empty());
+    }
+
+    #[test]
+    fn log_is_bounded_and_answers_gap_fills() {
+        let now = Instant::now();
+        let mut t: TopicTable<Sub> = TopicTable::new(3);
+        assert_eq!(t.log_since(G, 0).unwrap().len(), 0);
+        for _ in 0..5 {
+            t.publish(G, "X", Bytes::new(), now);
+        }
+        let seqs = |v: Vec<SharedEvent>| v.iter().map(|e| e.topic_seq).collect::<Vec<_>>();
+        assert_eq!(seqs(t.log_since(G, 2).unwrap()), vec![3, 4, 5]);
+        assert_eq!(seqs(t.log_since(G, 4).unwrap()), vec![5]);
+        assert_eq!(seqs(t.log_since(G, 5).unwrap()), Vec::<u64>::new());
+        assert!(t.log_since(G, 1).is_none(), "seq 2 fell out of the log");
+    }
+}
