@@ -1,0 +1,388 @@
+//! Node settings: flags, `CONCORD_*` environment variables, an optional TOML file, and
+//! defaults, in that order of precedence.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::Args;
+use concord_protocol::codec::ZstdParams;
+use concord_router::ReplayLimits;
+use serde::Deserialize;
+
+/// The secret a node uses when none is configured. Dev mode only: anyone can mint tokens.
+pub const DEV_TOKEN_SECRET: &str = "concord-dev-token-secret";
+/// The publish secret a node uses when none is configured (dev mode only).
+pub const DEV_PUBLISH_SECRET: &str = "concord-dev-publish-secret";
+
+/// A duration written as `250ms`, `30s`, `5m`, `24h` or `7d` (a bare number is seconds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+/// The text is not a duration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid duration {0:?}: expected e.g. 250ms, 30s, 5m, 24h, 7d")]
+pub struct InvalidDuration(String);
+
+impl FromStr for HumanDuration {
+    type Err = InvalidDuration;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: u64 = num.parse().map_err(|_| InvalidDuration(s.into()))?;
+        let d = match unit {
+            "ms" => Duration::from_millis(n),
+            "" | "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n * 60),
+            "h" => Duration::from_secs(n * 3600),
+            "d" => Duration::from_secs(n * 86_400),
+            _ => return Err(InvalidDuration(s.into())),
+        };
+        Ok(HumanDuration(d))
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}ms", self.0.as_millis())
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Secs(n) => Ok(HumanDuration(Duration::from_secs(n))),
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// The zstd-stream settings a node uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ZstdPreset {
+    /// Level 3, windowLog 16: a fraction of the memory for most of the ratio.
+    Lean,
+    /// Discord's published settings: level 6, windowLog 18, hashLog 16, chainLog 16.
+    Discord,
+}
+
+/// `concord serve` settings. Every field is optional here: a flag wins over the
+/// environment, which wins over the `--config` file, which wins over the default.
+#[derive(Args, Debug, Default, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServeArgs {
+    /// TOML file with any of these settings (kebab-case keys).
+    #[arg(long, env = "CONCORD_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Client WebSocket listen address [default: 127.0.0.1:8080].
+    #[arg(long, env = "CONCORD_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// API listen address: HTTP and gRPC publish, Discord REST shim [default: 127.0.0.1:8081].
+    #[arg(long, env = "CONCORD_API_LISTEN")]
+    pub api_listen: Option<SocketAddr>,
+    /// Admin listen address: /metrics, /healthz, /readyz, /admin/drain [default: 127.0.0.1:9090].
+    #[arg(long, env = "CONCORD_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// The gateway URL clients are told to use (READY's resume_gateway_url, /gateway)
+    /// [default: ws://<listen>].
+    #[arg(long, env = "CONCORD_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// This node's id [default: n1].
+    #[arg(long, env = "CONCORD_NODE_ID")]
+    pub node_id: Option<String>,
+    /// HMAC secret that client tokens are signed with. Unset: dev mode.
+    #[arg(long, env = "CONCORD_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Option<String>,
+    /// Bearer secret publishers must send. Unset: dev mode.
+    #[arg(long, env = "CONCORD_PUBLISH_SECRET", hide_env_values = true)]
+    pub publish_secret: Option<String>,
+    /// Heartbeat interval sent in Hello [default: 41250ms].
+    #[arg(long, env = "CONCORD_HEARTBEAT_INTERVAL")]
+    pub heartbeat_interval: Option<HumanDuration>,
+    /// How long a dropped session stays resumable [default: 2m].
+    #[arg(long, env = "CONCORD_RESUME_WINDOW")]
+    pub resume_window: Option<HumanDuration>,
+    /// Most events a session's replay buffer keeps [default: 1024].
+    #[arg(long, env = "CONCORD_REPLAY_MAX_EVENTS")]
+    pub replay_max_events: Option<usize>,
+    /// Most event bytes a session's replay buffer keeps [default: 1048576].
+    #[arg(long, env = "CONCORD_REPLAY_MAX_BYTES")]
+    pub replay_max_bytes: Option<usize>,
+    /// Most dispatches queued for one connection before it is closed with 4000 to resume
+    /// [default: 512]. Must be below --replay-max-events.
+    #[arg(long, env = "CONCORD_SESSION_QUEUE")]
+    pub session_queue: Option<u64>,
+    /// Events kept per guild log [default: 256].
+    #[arg(long, env = "CONCORD_GUILD_LOG_EVENTS")]
+    pub guild_log_events: Option<usize>,
+    /// Most open client connections [default: 18000, below the 20k open-file cap].
+    #[arg(long, env = "CONCORD_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Identifies this node accepts per 5 s [default: 1000].
+    #[arg(long, env = "CONCORD_IDENTIFY_MAX_CONCURRENCY")]
+    pub identify_max_concurrency: Option<u32>,
+    /// How long a client may take to finish the WebSocket handshake [default: 10s].
+    #[arg(long, env = "CONCORD_HANDSHAKE_TIMEOUT")]
+    pub handshake_timeout: Option<HumanDuration>,
+    /// How long a drain waits for clients to leave before exiting [default: 10s].
+    #[arg(long, env = "CONCORD_DRAIN_GRACE")]
+    pub drain_grace: Option<HumanDuration>,
+    /// zstd-stream settings [default: lean].
+    #[arg(long, env = "CONCORD_ZSTD", value_enum)]
+    pub zstd: Option<ZstdPreset>,
+    /// Largest published event body in bytes [default: 262144].
+    #[arg(long, env = "CONCORD_MAX_EVENT_BYTES")]
+    pub max_event_bytes: Option<usize>,
+    /// Log filter, tracing-subscriber syntax [default: info].
+    #[arg(long, env = "CONCORD_LOG")]
+    pub log: Option<String>,
+}
+
+macro_rules! fill_from {
+    ($target:ident, $source:ident; $($field:ident),* $(,)?) => {
+        $( if $target.$field.is_none() { $target.$field = $source.$field; } )*
+    };
+}
+
+/// Why settings could not be resolved. Nothing was started.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML, or has unknown keys.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        source: Box<toml::de::Error>,
+    },
+    /// A setting has a value that cannot work.
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}
+
+impl ServeArgs {
+    /// Fills unset fields from the `--config` file, if one was given.
+    pub fn with_file(mut self) -> Result<ServeArgs, ConfigError> {
+        let Some(path) = self.config.clone() else {
+            return Ok(self);
+        };
+        let file = ServeArgs::from_file(&path)?;
+        fill_from!(self, file;
+            listen, api_listen, admin_listen, public_url, node_id, token_secret,
+            publish_secret, heartbeat_interval, resume_window, replay_max_events,
+            replay_max_bytes, session_queue, guild_log_events, max_connections,
+            identify_max_concurrency, handshake_timeout, drain_grace, zstd,
+            max_event_bytes, log);
+        Ok(self)
+    }
+
+    fn from_file(path: &Path) -> Result<ServeArgs, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.into(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Applies defaults and checks the result.
+    pub fn resolve(self) -> Result<Config, ConfigError> {
+        let listen = self
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+        let dev_mode = self.token_secret.is_none() || self.publish_secret.is_none();
+        let replay = ReplayLimits {
+            max_events: self.replay_max_events.unwrap_or(1024),
+            max_bytes: self.replay_max_bytes.unwrap_or(1 << 20),
+        };
+        let session_queue = self.session_queue.unwrap_or(512);
+        if session_queue == 0 || session_queue >= replay.max_events as u64 {
+            return Err(ConfigError::Invalid(format!(
+                "session-queue ({session_queue}) must be between 1 and replay-max-events ({}) so a slow client can still resume",
+                replay.max_events
+            )));
+        }
+        let config = Config {
+            listen,
+            api_listen: self
+                .api_listen
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8081))),
+            admin_listen: self
+                .admin_listen
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090))),
+            public_url: self.public_url,
+            node_id: self.node_id.unwrap_or_else(|| "n1".into()),
+            token_secret: self
+                .token_secret
+                .unwrap_or_else(|| DEV_TOKEN_SECRET.into()),
+            publish_secret: self
+                .publish_secret
+                .unwrap_or_else(|| DEV_PUBLISH_SECRET.into()),
+            dev_mode,
+            heartbeat_interval: self
+                .heartbeat_interval
+                .map_or(Duration::from_millis(41_250), |d| d.0),
+            resume_window: self.resume_window.map_or(Duration::from_secs(120), |d| d.0),
+            replay,
+            session_queue,
+            guild_log_events: self.guild_log_events.unwrap_or(256),
+            max_connections: self.max_connections.unwrap_or(18_000),
+            identify_max_concurrency: self.identify_max_concurrency.unwrap_or(1000),
+            handshake_timeout: self
+                .handshake_timeout
+                .map_or(Duration::from_secs(10), |d| d.0),
+            drain_grace: self.drain_grace.map_or(Duration::from_secs(10), |d| d.0),
+            zstd: match self.zstd.unwrap_or(ZstdPreset::Lean) {
+                ZstdPreset::Lean => ZstdParams::LEAN,
+                ZstdPreset::Discord => ZstdParams::DISCORD,
+            },
+            max_event_bytes: self.max_event_bytes.unwrap_or(256 * 1024),
+            log: self.log.unwrap_or_else(|| "info".into()),
+        };
+        if config.heartbeat_interval < Duration::from_millis(100) {
+            return Err(ConfigError::Invalid(
+                "heartbeat-interval must be at least 100ms".into(),
+            ));
+        }
+        if config.identify_max_concurrency == 0 || config.max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "identify-max-concurrency and max-connections must be positive".into(),
+            ));
+        }
+        Ok(config)
+    }
+}
+
+/// Resolved node settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Client WebSocket listen address.
+    pub listen: SocketAddr,
+    /// API listen address.
+    pub api_listen: SocketAddr,
+    /// Admin listen address.
+    pub admin_listen: SocketAddr,
+    /// Advertised gateway URL; `None` means `ws://<bound client address>`.
+    pub public_url: Option<String>,
+    /// This node's id.
+    pub node_id: String,
+    /// Token HMAC secret.
+    pub token_secret: String,
+    /// Publish bearer secret.
+    pub publish_secret: String,
+    /// Whether a secret was left at its dev default.
+    pub dev_mode: bool,
+    /// Heartbeat interval sent in Hello.
+    pub heartbeat_interval: Duration,
+    /// How long a dropped session stays resumable.
+    pub resume_window: Duration,
+    /// Per-session replay buffer limits.
+    pub replay: ReplayLimits,
+    /// Most unwritten dispatches per connection before a resumable close.
+    pub session_queue: u64,
+    /// Events kept per guild log.
+    pub guild_log_events: usize,
+    /// Most open client connections.
+    pub max_connections: usize,
+    /// Identifies per 5 s.
+    pub identify_max_concurrency: u32,
+    /// WebSocket handshake timeout.
+    pub handshake_timeout: Duration,
+    /// Drain grace period.
+    pub drain_grace: Duration,
+    /// zstd-stream parameters.
+    pub zstd: ZstdParams,
+    /// Largest published event body.
+    pub max_event_bytes: usize,
+    /// Log filter.
+    pub log: String,
+}
+
+impl Config {
+    /// Defaults for tests and embedding: every address on port 0.
+    pub fn for_tests() -> Config {
+        let mut c = ServeArgs {
+            token_secret: Some("test-token-secret".into()),
+            publish_secret: Some("test-publish-secret".into()),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap_or_else(|e| unreachable!("defaults are valid: {e}"));
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        c.listen = any;
+        c.api_listen = any;
+        c.admin_listen = any;
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!("250ms".parse::<HumanDuration>().unwrap().0, Duration::from_millis(250));
+        assert_eq!("5m".parse::<HumanDuration>().unwrap().0, Duration::from_secs(300));
+        assert_eq!("7".parse::<HumanDuration>().unwrap().0, Duration::from_secs(7));
+        assert!("5 parsecs".parse::<HumanDuration>().is_err());
+    }
+
+    #[test]
+    fn file_fills_what_flags_leave_unset() {
+        let dir = std::env::temp_dir().join(format!("concord-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("concord.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:1000\"\napi-listen = \"127.0.0.1:1001\"\nresume-window = \"30s\"\nzstd = \"discord\"\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            listen: Some("127.0.0.1:2000".parse().unwrap()),
+            ..ServeArgs::default()
+        };
+        let c = args.with_file().unwrap().resolve().unwrap();
+        assert_eq!(c.listen.port(), 2000, "the flag wins");
+        assert_eq!(c.api_listen.port(), 1001, "the file fills the rest");
+        assert_eq!(c.resume_window, Duration::from_secs(30));
+        assert_eq!(c.zstd, ZstdParams::DISCORD);
+        assert!(c.dev_mode);
+
+        std::fs::write(&path, "lisen = 1\n").unwrap();
+        let bad = ServeArgs { config: Some(path), ..ServeArgs::default() };
+        assert!(matches!(bad.with_file(), Err(ConfigError::Parse { .. })));
+    }
+
+    #[test]
+    fn rejects_a_queue_that_outgrows_the_replay_buffer() {
+        let args = ServeArgs {
+            session_queue: Some(2000),
+            ..ServeArgs::default()
+        };
+        assert!(matches!(args.resolve(), Err(ConfigError::Invalid(_))));
+    }
+}

@@ -1,0 +1,694 @@
+//! Client connections: the accept loop and one task per WebSocket connection.
+//!
+//! The task owns its socket, its [`Machine`] and its transport [`Encoder`]. It waits on
+//! four things at once: a client message, its session's wake-up (new dispatches in the
+//! log), its zombie deadline, and the node draining. Dispatches are written in batches:
+//! every unwritten frame is fed to the socket, then flushed once.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use concord_protocol::codec::{Compression, Encoder};
+use concord_protocol::{
+    CloseCode, CurrentUser, GATEWAY_VERSION, GuildId, Identify, Ready, ReadyApplication, Resume,
+    SessionId, UnavailableGuild, frame, intents, token,
+};
+use concord_router::Event;
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::hub::{HubHandle, HubInput};
+use crate::limits::IdentifyLimiter;
+use crate::metrics::{self, Metrics};
+use crate::session::machine::{Action, Machine};
+use crate::session::{Registry, Session, SessionRef};
+
+/// Most dispatches written per batch before the task checks its other inputs again.
+const WRITE_BATCH: usize = 64;
+/// How long a closing connection waits for the client's close reply.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// Node-wide state every connection uses.
+#[derive(Debug)]
+pub struct Shared {
+    /// Settings.
+    pub config: Arc<Config>,
+    /// The gateway URL clients resume at.
+    pub public_url: String,
+    /// The hub.
+    pub hub: HubHandle,
+    /// Every session on this node.
+    pub registry: Arc<Registry>,
+    /// The node's identify limiter.
+    pub identify_limiter: Mutex<IdentifyLimiter>,
+    /// Metric handles.
+    pub metrics: Metrics,
+    /// Cancelled when the node drains: every connection sends op 7 and closes.
+    pub drain: CancellationToken,
+}
+
+/// The WebSocket settings: a small read buffer and a 4096-byte message cap (DESIGN's
+/// client payload limit), so an idle connection owns little memory.
+pub fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(512)
+        .write_buffer_size(0)
+        .max_write_buffer_size(4 << 20)
+        .max_message_size(Some(concord_protocol::MAX_CLIENT_PAYLOAD))
+        .max_frame_size(Some(concord_protocol::MAX_CLIENT_PAYLOAD))
+}
+
+/// Accepts client connections until `stop` is cancelled. At most `max_connections` are
+/// open at once; beyond that, new ones wait in the listen backlog.
+pub async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(shared.config.max_connections));
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            () = stop.cancelled() => return,
+        };
+        let (stream, _peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stop.cancelled() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        tracker.spawn(async move {
+            serve(stream, shared).await;
+            drop(permit);
+        });
+    }
+}
+
+/// The query parameters of the gateway URL.
+#[derive(Debug, Default, PartialEq)]
+struct GatewayQuery {
+    v: Option<String>,
+    encoding: Option<String>,
+    compress: Option<String>,
+}
+
+impl GatewayQuery {
+    fn parse(query: &str) -> GatewayQuery {
+        let mut q = GatewayQuery::default();
+        for pair in query.split('&') {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match k {
+                "v" => q.v = Some(v.to_owned()),
+                "encoding" => q.encoding = Some(v.to_owned()),
+                "compress" => q.compress = Some(v.to_owned()),
+                _ => {}
+            }
+        }
+        q
+    }
+
+    /// The transport, or the close code to refuse the connection with.
+    fn check(&self) -> Result<Compression, CloseCode> {
+        if self
+            .v
+            .as_deref()
+            .is_some_and(|v| v != GATEWAY_VERSION.to_string())
+        {
+            return Err(CloseCode::InvalidApiVersion);
+        }
+        if self.encoding.as_deref().is_some_and(|e| e != "json") {
+            return Err(CloseCode::DecodeError);
+        }
+        Compression::from_query(self.compress.as_deref()).map_err(|_| CloseCode::DecodeError)
+    }
+}
+
+async fn serve(stream: TcpStream, shared: Arc<Shared>) {
+    let mut query = String::new();
+    let callback = |req: &Request, resp: Response| {
+        query = req.uri().query().unwrap_or_default().to_owned();
+        Ok(resp)
+    };
+    let handshake = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config()));
+    let ws = match tokio::time::timeout(shared.config.handshake_timeout, handshake).await {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "websocket handshake failed");
+            return;
+        }
+        Err(_) => {
+            metrics::handshake_timeout();
+            tracing::debug!("websocket handshake timed out");
+            return;
+        }
+    };
+    shared.metrics.connections_open.increment(1);
+    let mut conn = Connection {
+        ws,
+        encoder: Encoder::new(Compression::None, shared.config.zstd).ok(),
+        machine: Machine::new(Instant::now(), shared.config.heartbeat_interval),
+        attached: None,
+        shared: shared.clone(),
+    };
+    conn.run(GatewayQuery::parse(&query)).await;
+    shared.metrics.connections_open.decrement(1);
+}
+
+/// The session a connection is attached to.
+struct Attached {
+    session: SessionRef,
+    epoch: u64,
+    kicked: CancellationToken,
+}
+
+/// Why the connection loop stopped.
+enum Stop {
+    /// The socket is gone or closed; detach and leave.
+    Dropped,
+    /// A close was sent with this code.
+    Closed(CloseCode),
+    /// Another connection took the session over.
+    Kicked,
+}
+
+struct Connection {
+    ws: WebSocketStream<TcpStream>,
+    encoder: Option<Encoder>,
+    machine: Machine,
+    attached: Option<Attached>,
+    shared: Arc<Shared>,
+}
+
+impl Connection {
+    async fn run(&mut self, query: GatewayQuery) {
+        let stop = match query.check() {
+            Err(code) => Err(code),
+            Ok(mode) => match Encoder::new(mode, self.shared.config.zstd) {
+                Ok(enc) => {
+                    self.encoder = Some(enc);
+                    Ok(())
+                }
+                Err(_) => Err(CloseCode::UnknownError),
+            },
+        };
+        let stop = match stop {
+            Err(code) => self.close(code).await,
+            Ok(()) => {
+                let hello = frame::hello(self.shared.config.heartbeat_interval.as_millis() as u64);
+                match self.send_control(hello.as_bytes()).await {
+                    Ok(()) => self.event_loop().await,
+                    Err(s) => s,
+                }
+            }
+        };
+        self.finish(stop).await;
+    }
+
+    async fn event_loop(&mut self) -> Stop {
+        let drain = self.shared.drain.clone();
+        loop {
+            let deadline = tokio::time::Instant::from_std(self.machine.deadline());
+            let (wake, kicked) = match &self.attached {
+                Some(a) => (Some(a.session.clone()), Some(a.kicked.clone())),
+                None => (None, None),
+            };
+            let step = tokio::select! {
+                biased;
+                () = drain.cancelled() => self.drain().await,
+                () = async { match &kicked { Some(k) => k.cancelled().await, None => std::future::pending().await } } => Err(self.let_go().await),
+                msg = self.ws.next() => self.on_message(msg).await,
+                () = async { match &wake { Some(s) => s.wake.notified().await, None => std::future::pending().await } } => self.write_pending().await,
+                () = tokio::time::sleep_until(deadline) => match self.machine.handle_timeout(Instant::now()) {
+                    Some(code) => Err(self.close(code).await),
+                    None => Ok(()),
+                },
+            };
+            if let Err(stop) = step {
+                return stop;
+            }
+        }
+    }
+
+    async fn on_message(&mut self, msg: Option<Result<Message, WsError>>) -> Result<(), Stop> {
+        let bytes = match msg {
+            None => return Err(Stop::Dropped),
+            Some(Ok(Message::Text(t))) => Bytes::from(t),
+            Some(Ok(Message::Binary(b))) => b,
+            Some(Ok(Message::Close(frame))) => {
+                let code = frame.map(|f| u16::from(f.code));
+                // The client ended the session on purpose with 1000 or 1001; any other
+                // close keeps it resumable.
+                if matches!(code, Some(1000 | 1001)) {
+                    self.end_session().await;
+                }
+                return Err(Stop::Dropped);
+            }
+            Some(Ok(_)) => return Ok(()), // ping, pong: tungstenite answers pings itself
+            Some(Err(WsError::Capacity(_))) => {
+                return Err(self.close(CloseCode::DecodeError).await);
+            }
+            Some(Err(WsError::Utf8(_)) | Err(WsError::Protocol(_))) => {
+                return Err(self.close(CloseCode::DecodeError).await);
+            }
+            Some(Err(_)) => return Err(Stop::Dropped),
+        };
+        match self.machine.handle_message(&bytes, Instant::now()) {
+            Action::AckHeartbeat(seq) => {
+                if let (Some(seq), Some(a)) = (seq, &self.attached) {
+                    a.session.lock().log.acknowledge(seq);
+                }
+                self.send_control(frame::heartbeat_ack().as_bytes()).await
+            }
+            Action::Identify(identify) => self.identify(*identify).await,
+            Action::Resume(resume) => self.resume(resume).await,
+            Action::RequestGuildMembers(r) => {
+                if let Some(a) = &self.attached {
+                    let body = serde_json::json!({
+                        "guild_id": r.guild_id, "members": [], "chunk_index": 0,
+                        "chunk_count": 1, "not_found": [], "nonce": r.nonce,
+                    });
+                    let body = Bytes::from(body.to_string());
+                    a.session
+                        .push(Event::session_only("GUILD_MEMBERS_CHUNK", body, Instant::now()));
+                }
+                Ok(())
+            }
+            Action::SetGuildActivity(activity) => {
+                if let Some(a) = &self.attached {
+                    let mut st = a.session.lock();
+                    st.passive.retain(|g| *g != activity.guild_id);
+                    if !activity.active && st.guilds.contains(&activity.guild_id) {
+                        st.passive.push(activity.guild_id);
+                    }
+                }
+                Ok(())
+            }
+            Action::Ignore => Ok(()),
+            Action::Close(code) => Err(self.close(code).await),
+        }
+    }
+
+    async fn identify(&mut self, identify: Identify) -> Result<(), Stop> {
+        let config = &self.shared.config;
+        let claims = match token::verify(config.token_secret.as_bytes(), &identify.token, unix_now())
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "identify refused");
+                metrics::identify("bad_token");
+                return Err(self.close(CloseCode::AuthenticationFailed).await);
+            }
+        };
+        if !intents::is_valid(identify.intents) {
+            metrics::identify("bad_intents");
+            return Err(self.close(CloseCode::InvalidIntents).await);
+        }
+        if !self.acquire_identify_slot().await {
+            metrics::identify("rate_limited");
+            return Err(self.close(CloseCode::RateLimited).await);
+        }
+        let now = Instant::now();
+        let session = Arc::new(Session::new(
+            SessionId(rand::random()),
+            claims.user_id(),
+            claims.name.clone(),
+            claims.bot,
+            identify.intents,
+            config.replay,
+        ));
+        let guilds: Vec<GuildId> = claims.guild_ids().collect();
+        let ready = Ready {
+            v: GATEWAY_VERSION,
+            user: CurrentUser::new(claims.user_id(), &claims.name, claims.bot),
+            guilds: guilds
+                .iter()
+                .map(|&id| UnavailableGuild {
+                    id,
+                    unavailable: true,
+                })
+                .collect(),
+            session_id: session.id,
+            resume_gateway_url: self.shared.public_url.clone(),
+            shard: identify.shard,
+            application: ReadyApplication {
+                id: claims.user_id(),
+                flags: 0,
+            },
+        };
+        let body = serde_json::to_vec(&ready).unwrap_or_default();
+        let kicked = CancellationToken::new();
+        {
+            let mut st = session.lock();
+            st.attachment = Some(kicked.clone());
+            st.epoch = 1;
+        }
+        session.push(Event::session_only("READY", body.into(), now));
+        self.shared.registry.insert(session.clone());
+        self.shared.metrics.sessions.increment(1);
+        self.attached = Some(Attached {
+            session: session.clone(),
+            epoch: 1,
+            kicked,
+        });
+        self.machine.identified();
+        metrics::identify("ok");
+        self.shared
+            .hub
+            .send(HubInput::Join { session, guilds })
+            .await
+            .map_err(|_| Stop::Dropped)
+    }
+
+    /// Waits for an identify slot for at most one identify window.
+    async fn acquire_identify_slot(&self) -> bool {
+        for _ in 0..2 {
+            let next = {
+                let mut limiter = self
+                    .shared
+                    .identify_limiter
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                match limiter.try_acquire(Instant::now()) {
+                    Ok(()) => return true,
+                    Err(at) => at,
+                }
+            };
+            tokio::time::sleep_until(tokio::time::Instant::from_std(next)).await;
+        }
+        false
+    }
+
+    async fn resume(&mut self, resume: Resume) -> Result<(), Stop> {
+        let config = &self.shared.config;
+        let session = resume
+            .session_id
+            .parse::<SessionId>()
+            .ok()
+            .and_then(|id| self.shared.registry.find(id));
+        let Some(session) = session else {
+            metrics::resume("unknown");
+            return self.invalid_session().await;
+        };
+        let claims = token::verify(config.token_secret.as_bytes(), &resume.token, unix_now());
+        if claims.map(|c| c.user_id()) != Ok(session.user) {
+            metrics::resume("bad_token");
+            return Err(self.close(CloseCode::AuthenticationFailed).await);
+        }
+        let outcome = {
+            let mut st = session.lock();
+            if st.ended {
+                Err(None)
+            } else {
+                match st.log.rewind(resume.seq) {
+                    Err(concord_router::ResumeError::Ahead { .. }) => {
+                        Err(Some(CloseCode::InvalidSeq))
+                    }
+                    Err(concord_router::ResumeError::TooOld { .. }) => Err(None),
+                    Ok(()) => {
+                        if let Some(old) = st.attachment.take() {
+                            old.cancel();
+                        }
+                        let kicked = CancellationToken::new();
+                        st.attachment = Some(kicked.clone());
+                        st.epoch += 1;
+                        st.overflowed = false;
+                        Ok((st.epoch, kicked))
+                    }
+                }
+            }
+        };
+        match outcome {
+            Err(Some(code)) => {
+                metrics::resume("bad_seq");
+                Err(self.close(code).await)
+            }
+            Err(None) => {
+                metrics::resume("too_old");
+                end_session(&self.shared, &session).await;
+                self.invalid_session().await
+            }
+            Ok((epoch, kicked)) => {
+                metrics::resume("ok");
+                session.push(Event::session_only("RESUMED", Bytes::from_static(b"{}"), Instant::now()));
+                self.attached = Some(Attached {
+                    session,
+                    epoch,
+                    kicked,
+                });
+                self.machine.identified();
+                Ok(())
+            }
+        }
+    }
+
+    /// Op 9 `false`: the client must identify again (on this or a new connection).
+    async fn invalid_session(&mut self) -> Result<(), Stop> {
+        self.machine = Machine::new(Instant::now(), self.shared.config.heartbeat_interval);
+        self.send_control(frame::invalid_session(false).as_bytes()).await
+    }
+
+    /// Writes every unwritten dispatch of the session, in batches, one flush per batch.
+    async fn write_pending(&mut self) -> Result<(), Stop> {
+        let Some(a) = &self.attached else {
+            return Ok(());
+        };
+        let session = a.session.clone();
+        loop {
+            let batch: Option<Vec<_>> = {
+                let st = session.lock();
+                // An overflowed queue, or events that left the log unwritten: this
+                // connection can no longer deliver in order, so it closes and the
+                // client resumes from what it really received.
+                (!st.overflowed && !st.log.has_write_gap()).then(|| {
+                    st.log
+                        .unwritten()
+                        .take(WRITE_BATCH)
+                        .map(|(s, e)| (s, e.clone()))
+                        .collect()
+                })
+            };
+            let Some(batch) = batch else {
+                return Err(self.close(CloseCode::UnknownError).await);
+            };
+            let Some(&(last, _)) = batch.last() else {
+                return Ok(());
+            };
+            let now = Instant::now();
+            let kicked = match &self.attached {
+                Some(a) => a.kicked.clone(),
+                None => return Ok(()),
+            };
+            for (seq, event) in &batch {
+                let mut frame = Vec::new();
+                frame::dispatch_into(&mut frame, *seq, &event.event_type, &event.body);
+                if event.topic.is_some() {
+                    self.shared
+                        .metrics
+                        .publish_to_write
+                        .record(now.duration_since(event.published_at).as_secs_f64());
+                }
+                let msg = self.encode(frame)?;
+                tokio::select! {
+                    r = self.ws.feed(msg) => r.map_err(|_| Stop::Dropped)?,
+                    () = kicked.cancelled() => return Err(self.let_go().await),
+                }
+            }
+            tokio::select! {
+                r = self.ws.flush() => r.map_err(|_| Stop::Dropped)?,
+                () = kicked.cancelled() => return Err(self.let_go().await),
+            }
+            self.shared
+                .metrics
+                .dispatches_delivered
+                .increment(batch.len() as u64);
+            session.lock().log.mark_written(last);
+            if batch.len() < WRITE_BATCH {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Encodes one frame for the wire, counting bytes before and after compression.
+    fn encode(&mut self, frame: Vec<u8>) -> Result<Message, Stop> {
+        let m = &self.shared.metrics;
+        m.bytes_raw.increment(frame.len() as u64);
+        let Some(encoder) = self.encoder.as_mut() else {
+            return Err(Stop::Dropped);
+        };
+        if encoder.is_binary() {
+            let mut wire = Vec::with_capacity(frame.len() / 2 + 16);
+            encoder.encode(&frame, &mut wire).map_err(|_| Stop::Dropped)?;
+            m.bytes_wire.increment(wire.len() as u64);
+            Ok(Message::Binary(wire.into()))
+        } else {
+            m.bytes_wire.increment(frame.len() as u64);
+            // Frames are built from UTF-8 JSON, so this only fails on a bug.
+            let text = String::from_utf8(frame).map_err(|_| Stop::Dropped)?;
+            Ok(Message::Text(text.into()))
+        }
+    }
+
+    /// Sends one non-dispatch frame and flushes.
+    async fn send_control(&mut self, frame: &[u8]) -> Result<(), Stop> {
+        let msg = self.encode(frame.to_vec())?;
+        self.ws.send(msg).await.map_err(|_| Stop::Dropped)
+    }
+
+    /// Drain: op 7, then a resumable close.
+    async fn drain(&mut self) -> Result<(), Stop> {
+        let _ = self.send_control(frame::reconnect().as_bytes()).await;
+        Err(self.close(CloseCode::UnknownError).await)
+    }
+
+    /// The attachment was cancelled: either the queue overflowed (close with 4000, stay
+    /// resumable) or another connection resumed the session (leave quietly).
+    async fn let_go(&mut self) -> Stop {
+        let overflowed = self.attached.as_ref().is_some_and(|a| {
+            let st = a.session.lock();
+            st.overflowed && st.epoch == a.epoch && !st.ended
+        });
+        if overflowed {
+            self.close(CloseCode::UnknownError).await
+        } else {
+            Stop::Kicked
+        }
+    }
+
+    /// Sends a close frame with `code` and returns the stop reason. A client that does
+    /// not read (its socket is full) gets no close frame, only the TCP close.
+    async fn close(&mut self, code: CloseCode) -> Stop {
+        metrics::close(code.code());
+        let frame = CloseFrame {
+            code: WsCloseCode::from(code.code()),
+            reason: code.reason().into(),
+        };
+        let _ = tokio::time::timeout(CLOSE_LINGER, self.ws.close(Some(frame))).await;
+        Stop::Closed(code)
+    }
+
+    async fn end_session(&mut self) {
+        if let Some(a) = self.attached.take() {
+            end_session(&self.shared, &a.session).await;
+        }
+    }
+
+    /// After the loop: detach (keeping the session resumable) or end the session, then
+    /// let the client's close reply arrive.
+    async fn finish(&mut self, stop: Stop) {
+        match stop {
+            Stop::Kicked => {
+                self.attached = None;
+            }
+            Stop::Closed(code) if !code.keeps_session() => self.end_session().await,
+            Stop::Closed(_) | Stop::Dropped => self.detach(),
+        }
+        let _ = tokio::time::timeout(CLOSE_LINGER, async {
+            while let Some(Ok(_)) = self.ws.next().await {}
+        })
+        .await;
+    }
+
+    fn detach(&mut self) {
+        let Some(a) = self.attached.take() else {
+            return;
+        };
+        let mut st = a.session.lock();
+        if st.epoch == a.epoch && !st.ended {
+            st.attachment = None;
+            let deadline = Instant::now() + self.shared.config.resume_window;
+            self.shared
+                .registry
+                .schedule_expiry(a.session.id, a.epoch, deadline);
+        }
+    }
+}
+
+/// Ends a session for good: it can no longer be resumed.
+pub async fn end_session(shared: &Shared, session: &SessionRef) {
+    let was_live = {
+        let mut st = session.lock();
+        let live = !st.ended;
+        st.ended = true;
+        if let Some(k) = st.attachment.take() {
+            k.cancel();
+        }
+        live
+    };
+    if was_live {
+        shared.registry.remove(session.id);
+        shared.metrics.sessions.decrement(1);
+        let _ = shared
+            .hub
+            .send(HubInput::Leave {
+                session: session.clone(),
+            })
+            .await;
+    }
+}
+
+/// Removes sessions whose resume window passed, until `stop`.
+pub async fn reap_expired(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(crate::session::EXPIRY_TICK);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        for session in shared.registry.expire(Instant::now()) {
+            shared.metrics.sessions.decrement(1);
+            let _ = shared.hub.send(HubInput::Leave { session }).await;
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_checks() {
+        let ok = GatewayQuery::parse("v=10&encoding=json&compress=zstd-stream");
+        assert_eq!(ok.check(), Ok(Compression::ZstdStream));
+        assert_eq!(GatewayQuery::parse("").check(), Ok(Compression::None));
+        assert_eq!(
+            GatewayQuery::parse("v=9").check(),
+            Err(CloseCode::InvalidApiVersion)
+        );
+        assert_eq!(
+            GatewayQuery::parse("v=10&encoding=etf").check(),
+            Err(CloseCode::DecodeError)
+        );
+        assert_eq!(
+            GatewayQuery::parse("v=10&compress=gzip").check(),
+            Err(CloseCode::DecodeError)
+        );
+    }
+}

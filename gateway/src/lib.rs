@@ -1,0 +1,53 @@
+//! # concord-gateway
+//!
+//! The Concord node: a Discord-gateway-v10-compatible WebSocket edge that holds client
+//! sessions, takes events from backends over HTTP and gRPC, and fans each one out to
+//! every subscribed session with its own `s`, resumable across reconnects. The binary is
+//! `concord` (`concord serve`, `concord token`).
+//!
+//! The logic lives in sans-IO cores: the connection protocol [`session::machine`], the
+//! identify limiter [`limits`], and the topic tables and session logs of
+//! `concord-router`. This crate is the tokio shell around them. It does not yet cluster:
+//! one node owns every guild.
+//!
+//! ## Main types
+//! - [`node::start`] with [`node::Listeners`]: runs a node on sockets the caller bound;
+//!   [`node::Node::drain`] stops it gracefully.
+//! - [`config::ServeArgs`] and [`config::Config`]: settings from flags, `CONCORD_*`
+//!   variables, a TOML file and defaults.
+//! - [`hub::Hub`]: the single task that owns the topic table; publishes, joins and
+//!   membership changes go through it in order.
+//! - [`session::Session`]: a session's identity and its log (outbound queue and replay
+//!   buffer in one), shared between the hub and the connection.
+//!
+//! ## Flow of one event
+//! `POST /v1/guilds/{id}/events` or gRPC `Publish` -> [`hub::HubHandle::publish`] -> the
+//! hub sequences it and pushes the one shared event into each subscribed session's log
+//! -> each connection task wakes, writes its unwritten dispatches in one batch, and
+//! records publish-to-write latency.
+//!
+//! # Layout
+//! - [`config`]: settings.
+//! - [`node`]: start, run, drain.
+//! - [`conn`]: the accept loop and the connection task.
+//! - [`session`]: sessions, the registry, resume expiry; [`session::machine`] is the
+//!   per-connection protocol state machine.
+//! - [`hub`]: the topic-table owner.
+//! - [`limits`]: the identify rate limiter.
+//! - [`api`]: HTTP publish and the Discord REST shim; [`grpc`]: the gRPC publish service.
+//! - [`admin`]: metrics, health, readiness, drain.
+//! - [`metrics`]: metric names and handles.
+
+pub mod admin;
+pub mod api;
+pub mod config;
+pub mod conn;
+pub mod grpc;
+pub mod hub;
+pub mod limits;
+pub mod metrics;
+pub mod node;
+pub mod session;
+
+pub use config::{Config, ServeArgs};
+pub use node::{Listeners, Node, start};

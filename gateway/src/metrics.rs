@@ -1,0 +1,103 @@
+//! Prometheus metrics. Handles for the per-delivery counters are resolved once, so the
+//! hot path increments an atomic instead of looking a name up.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+static RECORDER: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder (once; later calls share it). Returns
+/// `None` if another recorder was installed first.
+pub fn install() -> Option<PrometheusHandle> {
+    RECORDER
+        .get_or_init(|| {
+            let buckets = [
+                0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                0.5, 1.0, 2.5,
+            ];
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
+                .ok()?
+                .install_recorder()
+                .ok()
+        })
+        .clone()
+}
+
+/// Runs the exporter's upkeep (drains histogram samples) so memory stays bounded even
+/// when nobody scrapes.
+pub async fn upkeep(handle: PrometheusHandle, stop: tokio_util::sync::CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => handle.run_upkeep(),
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Metric handles used on hot paths.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    /// `concord_connections_open`.
+    pub connections_open: Gauge,
+    /// `concord_sessions`.
+    pub sessions: Gauge,
+    /// `concord_events_published_total`.
+    pub events_published: Counter,
+    /// `concord_dispatches_delivered_total`: dispatches written to a client.
+    pub dispatches_delivered: Counter,
+    /// `concord_bytes_out_total{stage="raw"}`: frame bytes before compression.
+    pub bytes_raw: Counter,
+    /// `concord_bytes_out_total{stage="wire"}`: bytes after compression.
+    pub bytes_wire: Counter,
+    /// `concord_publish_to_write_seconds`: from accepting a publish to writing it.
+    pub publish_to_write: Histogram,
+    /// `concord_session_queue_overflows_total`.
+    pub queue_overflows: Counter,
+}
+
+impl Metrics {
+    /// Resolves the handles (against whatever recorder is installed).
+    pub fn new() -> Metrics {
+        Metrics {
+            connections_open: gauge!("concord_connections_open"),
+            sessions: gauge!("concord_sessions"),
+            events_published: counter!("concord_events_published_total"),
+            dispatches_delivered: counter!("concord_dispatches_delivered_total"),
+            bytes_raw: counter!("concord_bytes_out_total", "stage" => "raw"),
+            bytes_wire: counter!("concord_bytes_out_total", "stage" => "wire"),
+            publish_to_write: histogram!("concord_publish_to_write_seconds"),
+            queue_overflows: counter!("concord_session_queue_overflows_total"),
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// Counts an identify by outcome (`ok`, `bad_token`, `bad_intents`, `rate_limited`).
+pub fn identify(outcome: &'static str) {
+    counter!("concord_identifies_total", "outcome" => outcome).increment(1);
+}
+
+/// Counts a resume by outcome (`ok`, `unknown`, `too_old`, `bad_seq`, `bad_token`).
+pub fn resume(outcome: &'static str) {
+    counter!("concord_resumes_total", "outcome" => outcome).increment(1);
+}
+
+/// Counts a close the node sent, by code.
+pub fn close(code: u16) {
+    counter!("concord_closes_total", "code" => code.to_string()).increment(1);
+}
+
+/// Counts a connection dropped for not finishing the WebSocket handshake in time.
+pub fn handshake_timeout() {
+    counter!("concord_handshake_timeouts_total").increment(1);
+}

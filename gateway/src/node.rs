@@ -1,0 +1,178 @@
+//! Starting, running and draining a node.
+//!
+//! [`start`] takes its listeners as arguments, so tests hand it port-0 sockets and run
+//! several nodes in one process. Draining follows one path whatever asked for it
+//! (SIGTERM, `POST /admin/drain`, [`Node::drain`]): stop accepting, send op 7 to every
+//! client and close their connections with a resumable code, wait for the connection
+//! tasks up to the grace period, then stop the API and admin servers.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::{self, AdminState};
+use crate::api::{self, ApiState};
+use crate::config::Config;
+use crate::conn::{self, Shared};
+use crate::grpc::PublishService;
+use crate::hub::Hub;
+use crate::limits::IdentifyLimiter;
+use crate::metrics::{self, Metrics};
+use crate::session::Registry;
+
+/// The three sockets a node serves.
+#[derive(Debug)]
+pub struct Listeners {
+    /// Client WebSocket connections.
+    pub client: TcpListener,
+    /// HTTP and gRPC API.
+    pub api: TcpListener,
+    /// Admin and metrics.
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the addresses in `config`.
+    pub async fn bind(config: &Config) -> io::Result<Listeners> {
+        let bind = |addr: SocketAddr, what: &'static str| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot bind {what} on {addr}: {e}")))
+        };
+        Ok(Listeners {
+            client: bind(config.listen, "client listener").await?,
+            api: bind(config.api_listen, "API listener").await?,
+            admin: bind(config.admin_listen, "admin listener").await?,
+        })
+    }
+}
+
+/// A running node.
+#[derive(Debug)]
+pub struct Node {
+    /// Where clients connect.
+    pub client_addr: SocketAddr,
+    /// Where the API listens.
+    pub api_addr: SocketAddr,
+    /// Where the admin API listens.
+    pub admin_addr: SocketAddr,
+    /// The gateway URL clients are given.
+    pub public_url: String,
+    drain: CancellationToken,
+    done: JoinHandle<()>,
+}
+
+impl Node {
+    /// Starts draining (idempotent).
+    pub fn drain(&self) {
+        self.drain.cancel();
+    }
+
+    /// A token that drains the node when cancelled.
+    pub fn drain_token(&self) -> CancellationToken {
+        self.drain.clone()
+    }
+
+    /// Waits until the node has drained and stopped.
+    pub async fn wait(self) {
+        let _ = self.done.await;
+    }
+}
+
+/// Starts a node on `listeners`. It runs until drained.
+pub async fn start(config: Config, listeners: Listeners) -> io::Result<Node> {
+    let config = Arc::new(config);
+    let prometheus = metrics::install();
+    let metrics = Metrics::new();
+    let client_addr = listeners.client.local_addr()?;
+    let api_addr = listeners.api.local_addr()?;
+    let admin_addr = listeners.admin.local_addr()?;
+    let public_url = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("ws://{client_addr}"));
+
+    let (hub, hub_task) =
+        Hub::new(config.guild_log_events, config.session_queue, metrics.clone()).spawn();
+    let drain = CancellationToken::new();
+    let stop = CancellationToken::new();
+    let registry = Arc::new(Registry::default());
+    let shared = Arc::new(Shared {
+        config: config.clone(),
+        public_url: public_url.clone(),
+        hub: hub.clone(),
+        registry: registry.clone(),
+        identify_limiter: Mutex::new(IdentifyLimiter::new(config.identify_max_concurrency)),
+        metrics,
+        drain: drain.clone(),
+    });
+
+    let connections = TaskTracker::new();
+    let accept = tokio::spawn(conn::accept_loop(
+        listeners.client,
+        shared.clone(),
+        connections.clone(),
+        drain.clone(),
+    ));
+    let reaper = tokio::spawn(conn::reap_expired(shared.clone(), stop.clone()));
+    if let Some(p) = prometheus.clone() {
+        tokio::spawn(metrics::upkeep(p, stop.clone()));
+    }
+
+    let grpc = tonic::service::Routes::new(PublishService::server(config.clone(), hub.clone()))
+        .into_axum_router();
+    let api_router = api::router(ApiState {
+        config: config.clone(),
+        hub,
+        public_url: public_url.clone(),
+    })
+    .merge(grpc);
+    let api_server = tokio::spawn(
+        axum::serve(listeners.api, api_router)
+            .with_graceful_shutdown(stop.clone().cancelled_owned())
+            .into_future(),
+    );
+    let admin_router = admin::router(AdminState {
+        prometheus,
+        drain: drain.clone(),
+        registry,
+    });
+    let admin_server = tokio::spawn(
+        axum::serve(listeners.admin, admin_router)
+            .with_graceful_shutdown(stop.clone().cancelled_owned())
+            .into_future(),
+    );
+
+    let grace = config.drain_grace;
+    let supervisor_drain = drain.clone();
+    let done = tokio::spawn(async move {
+        supervisor_drain.cancelled().await;
+        tracing::info!("draining: closing client connections with op 7");
+        let _ = accept.await;
+        connections.close();
+        if tokio::time::timeout(grace, connections.wait()).await.is_err() {
+            tracing::warn!(?grace, "drain grace period passed with connections still open");
+        }
+        stop.cancel();
+        let _ = reaper.await;
+        let _ = api_server.await;
+        let _ = admin_server.await;
+        drop(shared);
+        hub_task.abort();
+        tracing::info!("drained");
+    });
+
+    Ok(Node {
+        client_addr,
+        api_addr,
+        admin_addr,
+        public_url,
+        drain,
+        done,
+    })
+}
