@@ -9,9 +9,15 @@ use bytes::Bytes;
 use crate::event::{Event, SharedEvent, Topic, required_intent};
 
 /// Something that can subscribe to topics: in the node, a handle to a live session.
-pub trait Subscriber: Clone {
+pub trait Subscriber {
     /// A key unique among subscribers, used to unsubscribe in O(1).
     fn key(&self) -> u128;
+}
+
+impl<T: Subscriber + ?Sized> Subscriber for Arc<T> {
+    fn key(&self) -> u128 {
+        (**self).key()
+    }
 }
 
 /// One topic's state.
