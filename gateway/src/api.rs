@@ -58,7 +58,11 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, 50_035),
             ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, 0),
         };
-        (status, Json(json!({"code": code, "message": self.to_string()}))).into_response()
+        (
+            status,
+            Json(json!({"code": code, "message": self.to_string()})),
+        )
+            .into_response()
     }
 }
 
@@ -110,10 +114,14 @@ struct PublishBody<'a> {
 
 /// Parses `{"t": "...", "d": ...}` into a checked event type and the body bytes.
 pub fn parse_event(body: &[u8], max: usize) -> Result<(String, Bytes), ApiError> {
-    let parsed: PublishBody<'_> = serde_json::from_slice(body)
-        .map_err(|e| ApiError::BadRequest(format!("body must be {{\"t\": string, \"d\": any}}: {e}")))?;
+    let parsed: PublishBody<'_> = serde_json::from_slice(body).map_err(|e| {
+        ApiError::BadRequest(format!("body must be {{\"t\": string, \"d\": any}}: {e}"))
+    })?;
     validate_event(&parsed.t, parsed.d.get().as_bytes(), max)?;
-    Ok((parsed.t.into_owned(), Bytes::copy_from_slice(parsed.d.get().as_bytes())))
+    Ok((
+        parsed.t.into_owned(),
+        Bytes::copy_from_slice(parsed.d.get().as_bytes()),
+    ))
 }
 
 /// Checks an event type and a JSON body's size.

@@ -233,9 +233,7 @@ impl ServeArgs {
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090))),
             public_url: self.public_url,
             node_id: self.node_id.unwrap_or_else(|| "n1".into()),
-            token_secret: self
-                .token_secret
-                .unwrap_or_else(|| DEV_TOKEN_SECRET.into()),
+            token_secret: self.token_secret.unwrap_or_else(|| DEV_TOKEN_SECRET.into()),
             publish_secret: self
                 .publish_secret
                 .unwrap_or_else(|| DEV_PUBLISH_SECRET.into()),
@@ -344,9 +342,18 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!("250ms".parse::<HumanDuration>().unwrap().0, Duration::from_millis(250));
-        assert_eq!("5m".parse::<HumanDuration>().unwrap().0, Duration::from_secs(300));
-        assert_eq!("7".parse::<HumanDuration>().unwrap().0, Duration::from_secs(7));
+        assert_eq!(
+            "250ms".parse::<HumanDuration>().unwrap().0,
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            "5m".parse::<HumanDuration>().unwrap().0,
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            "7".parse::<HumanDuration>().unwrap().0,
+            Duration::from_secs(7)
+        );
         assert!("5 parsecs".parse::<HumanDuration>().is_err());
     }
 
@@ -373,7 +380,10 @@ mod tests {
         assert!(c.dev_mode);
 
         std::fs::write(&path, "lisen = 1\n").unwrap();
-        let bad = ServeArgs { config: Some(path), ..ServeArgs::default() };
+        let bad = ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        };
         assert!(matches!(bad.with_file(), Err(ConfigError::Parse { .. })));
     }
 

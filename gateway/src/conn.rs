@@ -147,11 +147,14 @@ impl GatewayQuery {
 
 async fn serve(stream: TcpStream, shared: Arc<Shared>) {
     let mut query = String::new();
+    // The error type is tungstenite's, not ours.
+    #[allow(clippy::result_large_err)]
     let callback = |req: &Request, resp: Response| {
         query = req.uri().query().unwrap_or_default().to_owned();
         Ok(resp)
     };
-    let handshake = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config()));
+    let handshake =
+        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config()));
     let ws = match tokio::time::timeout(shared.config.handshake_timeout, handshake).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => {
@@ -290,8 +293,11 @@ impl Connection {
                         "chunk_count": 1, "not_found": [], "nonce": r.nonce,
                     });
                     let body = Bytes::from(body.to_string());
-                    a.session
-                        .push(Event::session_only("GUILD_MEMBERS_CHUNK", body, Instant::now()));
+                    a.session.push(Event::session_only(
+                        "GUILD_MEMBERS_CHUNK",
+                        body,
+                        Instant::now(),
+                    ));
                 }
                 Ok(())
             }
@@ -312,15 +318,15 @@ impl Connection {
 
     async fn identify(&mut self, identify: Identify) -> Result<(), Stop> {
         let config = &self.shared.config;
-        let claims = match token::verify(config.token_secret.as_bytes(), &identify.token, unix_now())
-        {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::debug!(error = %e, "identify refused");
-                metrics::identify("bad_token");
-                return Err(self.close(CloseCode::AuthenticationFailed).await);
-            }
-        };
+        let claims =
+            match token::verify(config.token_secret.as_bytes(), &identify.token, unix_now()) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(error = %e, "identify refused");
+                    metrics::identify("bad_token");
+                    return Err(self.close(CloseCode::AuthenticationFailed).await);
+                }
+            };
         if !intents::is_valid(identify.intents) {
             metrics::identify("bad_intents");
             return Err(self.close(CloseCode::InvalidIntents).await);
@@ -451,7 +457,11 @@ impl Connection {
             }
             Ok((epoch, kicked)) => {
                 metrics::resume("ok");
-                session.push(Event::session_only("RESUMED", Bytes::from_static(b"{}"), Instant::now()));
+                session.push(Event::session_only(
+                    "RESUMED",
+                    Bytes::from_static(b"{}"),
+                    Instant::now(),
+                ));
                 self.attached = Some(Attached {
                     session,
                     epoch,
@@ -466,7 +476,8 @@ impl Connection {
     /// Op 9 `false`: the client must identify again (on this or a new connection).
     async fn invalid_session(&mut self) -> Result<(), Stop> {
         self.machine = Machine::new(Instant::now(), self.shared.config.heartbeat_interval);
-        self.send_control(frame::invalid_session(false).as_bytes()).await
+        self.send_control(frame::invalid_session(false).as_bytes())
+            .await
     }
 
     /// Writes every unwritten dispatch of the session, in batches, one flush per batch.
@@ -539,7 +550,9 @@ impl Connection {
         };
         if encoder.is_binary() {
             let mut wire = Vec::with_capacity(frame.len() / 2 + 16);
-            encoder.encode(&frame, &mut wire).map_err(|_| Stop::Dropped)?;
+            encoder
+                .encode(&frame, &mut wire)
+                .map_err(|_| Stop::Dropped)?;
             m.bytes_wire.increment(wire.len() as u64);
             Ok(Message::Binary(wire.into()))
         } else {

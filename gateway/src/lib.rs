@@ -15,9 +15,9 @@
 //!   [`node::Node::drain`] stops it gracefully.
 //! - [`config::ServeArgs`] and [`config::Config`]: settings from flags, `CONCORD_*`
 //!   variables, a TOML file and defaults.
-//! - [`hub::Hub`]: the single task that owns the topic table; publishes, joins and
+//! - [`hub::Hub`] — the single task that owns the topic table; publishes, joins and
 //!   membership changes go through it in order.
-//! - [`session::Session`]: a session's identity and its log (outbound queue and replay
+//! - [`session::Session`] — a session's identity and its log (outbound queue and replay
 //!   buffer in one), shared between the hub and the connection.
 //!
 //! ## Flow of one event
@@ -27,16 +27,16 @@
 //! records publish-to-write latency.
 //!
 //! # Layout
-//! - [`config`]: settings.
-//! - [`node`]: start, run, drain.
-//! - [`conn`]: the accept loop and the connection task.
-//! - [`session`]: sessions, the registry, resume expiry; [`session::machine`] is the
+//! - [`config`] — settings.
+//! - [`node`] — start, run, drain.
+//! - [`conn`] — the accept loop and the connection task.
+//! - [`session`] — sessions, the registry, resume expiry; [`session::machine`] is the
 //!   per-connection protocol state machine.
-//! - [`hub`]: the topic-table owner.
-//! - [`limits`]: the identify rate limiter.
-//! - [`api`]: HTTP publish and the Discord REST shim; [`grpc`]: the gRPC publish service.
-//! - [`admin`]: metrics, health, readiness, drain.
-//! - [`metrics`]: metric names and handles.
+//! - [`hub`] — the topic-table owner.
+//! - [`limits`] — the identify rate limiter.
+//! - [`api`] — HTTP publish and the Discord REST shim; [`grpc`]: the gRPC publish service.
+//! - [`admin`] — metrics, health, readiness, drain.
+//! - [`metrics`] — metric names and handles.
 
 pub mod admin;
 pub mod api;

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use concord_gateway::ServeArgs;
-use concord_gateway::config::{HumanDuration, Config};
+use concord_gateway::config::{Config, HumanDuration};
 use concord_protocol::token::{self, Claims};
 
 #[global_allocator]
@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a node (embedded, in-memory; no external services needed).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Mint a client token.
     Token(TokenArgs),
 }
@@ -51,11 +51,21 @@ struct TokenArgs {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Token(args) => {
-            println!("{}", mint(&args.secret, args.user_id, &args.username, args.guilds, args.ttl.0, args.bot));
+            println!(
+                "{}",
+                mint(
+                    &args.secret,
+                    args.user_id,
+                    &args.username,
+                    args.guilds,
+                    args.ttl.0,
+                    args.bot
+                )
+            );
             Ok(())
         }
         Command::Serve(args) => {
-            let config = args.with_file()?.resolve()?;
+            let config = (*args).with_file()?.resolve()?;
             init_tracing(&config.log);
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -66,8 +76,17 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn mint(secret: &str, user_id: u64, username: &str, guilds: Vec<u64>, ttl: Duration, bot: bool) -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+fn mint(
+    secret: &str,
+    user_id: u64,
+    username: &str,
+    guilds: Vec<u64>,
+    ttl: Duration,
+    bot: bool,
+) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let claims = Claims {
         uid: user_id,
         name: username.to_owned(),
@@ -100,7 +119,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::warn!(
             "DEV MODE: no --token-secret/--publish-secret set; using well-known dev secrets. Do not expose this node."
         );
-        let dev_token = mint(&token_secret, 1, "dev", vec![1], Duration::from_secs(86_400), true);
+        let dev_token = mint(
+            &token_secret,
+            1,
+            "dev",
+            vec![1],
+            Duration::from_secs(86_400),
+            true,
+        );
         println!("dev token (user 1, guild 1): {dev_token}");
         println!(
             "publish:  curl -X POST http://{}/v1/guilds/1/events -H 'Authorization: Bearer {publish_secret}' -d '{{\"t\":\"MESSAGE_CREATE\",\"d\":{{\"content\":\"hi\"}}}}'",

@@ -97,8 +97,12 @@ pub async fn start(config: Config, listeners: Listeners) -> io::Result<Node> {
         .clone()
         .unwrap_or_else(|| format!("ws://{client_addr}"));
 
-    let (hub, hub_task) =
-        Hub::new(config.guild_log_events, config.session_queue, metrics.clone()).spawn();
+    let (hub, hub_task) = Hub::new(
+        config.guild_log_events,
+        config.session_queue,
+        metrics.clone(),
+    )
+    .spawn();
     let drain = CancellationToken::new();
     let stop = CancellationToken::new();
     let registry = Arc::new(Registry::default());
@@ -155,8 +159,14 @@ pub async fn start(config: Config, listeners: Listeners) -> io::Result<Node> {
         tracing::info!("draining: closing client connections with op 7");
         let _ = accept.await;
         connections.close();
-        if tokio::time::timeout(grace, connections.wait()).await.is_err() {
-            tracing::warn!(?grace, "drain grace period passed with connections still open");
+        if tokio::time::timeout(grace, connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?grace,
+                "drain grace period passed with connections still open"
+            );
         }
         stop.cancel();
         let _ = reaper.await;

@@ -27,31 +27,66 @@ async fn plain_json_session_receives_events_in_order() {
 
     c.send(json!({"op": 2, "d": {"token": format!("Bot {}", token(&cfg, 42, &[1, 2])), "intents": 513, "properties": {}}})).await;
     let ready = c.dispatch().await;
-    assert_eq!((ready["t"].as_str(), ready["s"].as_u64()), (Some("READY"), Some(1)));
+    assert_eq!(
+        (ready["t"].as_str(), ready["s"].as_u64()),
+        (Some("READY"), Some(1))
+    );
     let d = &ready["d"];
     assert_eq!(d["v"], 10);
     assert_eq!(d["user"]["id"], "42");
-    for field in ["username", "discriminator", "global_name", "avatar", "bot", "flags", "mfa_enabled"] {
+    for field in [
+        "username",
+        "discriminator",
+        "global_name",
+        "avatar",
+        "bot",
+        "flags",
+        "mfa_enabled",
+    ] {
         assert!(d["user"].get(field).is_some(), "user.{field} missing");
     }
-    assert_eq!(d["guilds"], json!([{"id": "1", "unavailable": true}, {"id": "2", "unavailable": true}]));
+    assert_eq!(
+        d["guilds"],
+        json!([{"id": "1", "unavailable": true}, {"id": "2", "unavailable": true}])
+    );
     assert_eq!(d["session_id"].as_str().unwrap().len(), 32);
     assert_eq!(d["resume_gateway_url"], node.public_url);
     assert_eq!(d["application"]["id"], "42");
     for g in ["1", "2"] {
         let gc = c.dispatch().await;
-        assert_eq!((gc["t"].as_str(), gc["d"]["id"].as_str()), (Some("GUILD_CREATE"), Some(g)));
+        assert_eq!(
+            (gc["t"].as_str(), gc["d"]["id"].as_str()),
+            (Some("GUILD_CREATE"), Some(g))
+        );
     }
 
     for i in 1..=3u64 {
-        assert_eq!(publisher.guild(1, "MESSAGE_CREATE", json!({"content": i})).await, i);
+        assert_eq!(
+            publisher
+                .guild(1, "MESSAGE_CREATE", json!({"content": i}))
+                .await,
+            i
+        );
     }
-    publisher.guild(99, "MESSAGE_CREATE", json!({"content": "not yours"})).await;
-    publisher.guild(2, "TYPING_START", json!({"filtered": "no GUILD_MESSAGE_TYPING intent"})).await;
-    publisher.guild(2, "MESSAGE_CREATE", json!({"content": "last"})).await;
+    publisher
+        .guild(99, "MESSAGE_CREATE", json!({"content": "not yours"}))
+        .await;
+    publisher
+        .guild(
+            2,
+            "TYPING_START",
+            json!({"filtered": "no GUILD_MESSAGE_TYPING intent"}),
+        )
+        .await;
+    publisher
+        .guild(2, "MESSAGE_CREATE", json!({"content": "last"}))
+        .await;
     for i in 1..=3u64 {
         let e = c.dispatch().await;
-        assert_eq!((e["t"].as_str(), e["d"]["content"].as_u64()), (Some("MESSAGE_CREATE"), Some(i)));
+        assert_eq!(
+            (e["t"].as_str(), e["d"]["content"].as_u64()),
+            (Some("MESSAGE_CREATE"), Some(i))
+        );
     }
     assert_eq!(c.dispatch().await["d"]["content"], "last");
     assert_eq!(c.last_seq, 7);
@@ -65,7 +100,13 @@ async fn zlib_stream_session() {
     let mut c = Client::connect(&node, "v=10&encoding=json&compress=zlib-stream").await;
     c.identify(&token(&cfg, 1, &[5]), &[5]).await;
     for i in 0..20 {
-        publisher.guild(5, "MESSAGE_CREATE", json!({"content": format!("hello {i}")})).await;
+        publisher
+            .guild(
+                5,
+                "MESSAGE_CREATE",
+                json!({"content": format!("hello {i}")}),
+            )
+            .await;
     }
     for i in 0..20 {
         assert_eq!(c.dispatch().await["d"]["content"], format!("hello {i}"));
@@ -79,7 +120,9 @@ async fn zstd_stream_session() {
     let publisher = Publisher::new(&node, &cfg);
     let mut c = Client::connect(&node, "v=10&encoding=json&compress=zstd-stream").await;
     c.identify(&token(&cfg, 1, &[5]), &[5]).await;
-    publisher.guild(5, "MESSAGE_CREATE", json!({"content": "z"})).await;
+    publisher
+        .guild(5, "MESSAGE_CREATE", json!({"content": "z"}))
+        .await;
     assert_eq!(c.dispatch().await["d"]["content"], "z");
 }
 
@@ -105,12 +148,16 @@ async fn resume_replays_missed_events_then_resumed() {
     let mut r = Client::connect(&node, "v=10&encoding=json").await;
     r.last_seq = seen;
     assert_eq!(r.frame().await["op"], 10);
-    r.send(json!({"op": 6, "d": {"token": tok, "session_id": ready["session_id"], "seq": seen}})).await;
+    r.send(json!({"op": 6, "d": {"token": tok, "session_id": ready["session_id"], "seq": seen}}))
+        .await;
     for n in 2..=4 {
         assert_eq!(r.dispatch().await["d"]["n"], n);
     }
     let resumed = r.dispatch().await;
-    assert_eq!((resumed["t"].as_str(), &resumed["d"]), (Some("RESUMED"), &json!({})));
+    assert_eq!(
+        (resumed["t"].as_str(), &resumed["d"]),
+        (Some("RESUMED"), &json!({}))
+    );
     publisher.guild(3, "MESSAGE_CREATE", json!({"n": 5})).await;
     assert_eq!(r.dispatch().await["d"]["n"], 5);
 }
@@ -124,16 +171,24 @@ async fn resume_refusals() {
     // Unknown session: op 9 false, and the client may identify on the same connection.
     let mut c = Client::connect(&node, "").await;
     c.frame().await;
-    c.send(json!({"op": 6, "d": {"token": tok, "session_id": "0".repeat(32), "seq": 1}})).await;
-    assert_eq!(c.frame().await, json!({"op": 9, "d": false, "s": null, "t": null}));
-    c.send(json!({"op": 2, "d": {"token": tok, "intents": 1, "properties": {}}})).await;
+    c.send(json!({"op": 6, "d": {"token": tok, "session_id": "0".repeat(32), "seq": 1}}))
+        .await;
+    assert_eq!(
+        c.frame().await,
+        json!({"op": 9, "d": false, "s": null, "t": null})
+    );
+    c.send(json!({"op": 2, "d": {"token": tok, "intents": 1, "properties": {}}}))
+        .await;
     let ready = c.dispatch().await;
     assert_eq!(ready["t"], "READY");
 
     // A seq ahead of the server: 4007.
     let mut r = Client::connect(&node, "").await;
     r.frame().await;
-    r.send(json!({"op": 6, "d": {"token": tok, "session_id": ready["d"]["session_id"], "seq": 1000}})).await;
+    r.send(
+        json!({"op": 6, "d": {"token": tok, "session_id": ready["d"]["session_id"], "seq": 1000}}),
+    )
+    .await;
     assert_eq!(r.close_code().await, Some(4007));
 
     // Another user's token: 4004.
@@ -155,7 +210,8 @@ async fn expired_session_cannot_resume() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut r = Client::connect(&node, "").await;
     r.frame().await;
-    r.send(json!({"op": 6, "d": {"token": tok, "session_id": ready["session_id"], "seq": 1}})).await;
+    r.send(json!({"op": 6, "d": {"token": tok, "session_id": ready["session_id"], "seq": 1}}))
+        .await;
     assert_eq!(r.frame().await["op"], 9);
 }
 
@@ -167,17 +223,45 @@ async fn bad_clients_get_their_close_codes_and_others_keep_going() {
     let mut good = Client::connect(&node, "v=10&encoding=json").await;
     good.identify(&token(&cfg, 1, &[1]), &[1]).await;
     let tok = token(&cfg, 2, &[1]);
-    let identify = json!({"op": 2, "d": {"token": tok, "intents": 1, "properties": {}}}).to_string();
+    let identify =
+        json!({"op": 2, "d": {"token": tok, "intents": 1, "properties": {}}}).to_string();
 
     let cases: Vec<(&str, Vec<String>, u16)> = vec![
         ("unknown opcode", vec![r#"{"op":99,"d":null}"#.into()], 4001),
         ("bad json", vec!["{not json".into()], 4002),
-        ("oversized", vec![format!(r#"{{"op":1,"d":null,"x":"{}"}}"#, "a".repeat(5000))], 4002),
-        ("presence before identify", vec![r#"{"op":3,"d":{}}"#.into()], 4003),
-        ("bad token", vec![r#"{"op":2,"d":{"token":"a.b.c","intents":1,"properties":{}}}"#.into()], 4004),
-        ("second identify", vec![identify.clone(), identify.clone()], 4005),
-        ("invalid intents", vec![json!({"op": 2, "d": {"token": tok, "intents": 1u64 << 40, "properties": {}}}).to_string()], 4013),
-        ("rate limited", vec![r#"{"op":1,"d":null}"#.to_string(); 121], 4008),
+        (
+            "oversized",
+            vec![format!(r#"{{"op":1,"d":null,"x":"{}"}}"#, "a".repeat(5000))],
+            4002,
+        ),
+        (
+            "presence before identify",
+            vec![r#"{"op":3,"d":{}}"#.into()],
+            4003,
+        ),
+        (
+            "bad token",
+            vec![r#"{"op":2,"d":{"token":"a.b.c","intents":1,"properties":{}}}"#.into()],
+            4004,
+        ),
+        (
+            "second identify",
+            vec![identify.clone(), identify.clone()],
+            4005,
+        ),
+        (
+            "invalid intents",
+            vec![
+                json!({"op": 2, "d": {"token": tok, "intents": 1u64 << 40, "properties": {}}})
+                    .to_string(),
+            ],
+            4013,
+        ),
+        (
+            "rate limited",
+            vec![r#"{"op":1,"d":null}"#.to_string(); 121],
+            4008,
+        ),
     ];
     for (name, frames, code) in cases {
         let mut c = Client::connect(&node, "v=10&encoding=json").await;
@@ -190,7 +274,9 @@ async fn bad_clients_get_their_close_codes_and_others_keep_going() {
     let mut c = Client::connect(&node, "v=9&encoding=json").await;
     assert_eq!(c.close_code().await, Some(4012), "invalid version");
 
-    publisher.guild(1, "MESSAGE_CREATE", json!({"still": "here"})).await;
+    publisher
+        .guild(1, "MESSAGE_CREATE", json!({"still": "here"}))
+        .await;
     assert_eq!(good.dispatch().await["d"]["still"], "here");
 }
 
@@ -209,9 +295,13 @@ async fn stalled_handshakes_are_dropped() {
     let mut cfg = config();
     cfg.handshake_timeout = Duration::from_millis(200);
     let node = start(cfg).await;
-    let mut tcp = tokio::net::TcpStream::connect(node.client_addr).await.unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(node.client_addr)
+        .await
+        .unwrap();
     let mut buf = [0u8; 16];
-    let n = tokio::time::timeout(common::WAIT, tcp.read(&mut buf)).await.unwrap();
+    let n = tokio::time::timeout(common::WAIT, tcp.read(&mut buf))
+        .await
+        .unwrap();
     assert!(matches!(n, Ok(0) | Err(_)), "the node closes the socket");
 }
 
@@ -230,7 +320,9 @@ async fn slow_client_is_closed_and_resumes_without_loss() {
     // The client stops reading; 600 x 32 KiB is far more than the socket buffers hold.
     let blob = "x".repeat(32 * 1024);
     for n in 0..600 {
-        publisher.guild(1, "MESSAGE_CREATE", json!({"n": n, "blob": blob})).await;
+        publisher
+            .guild(1, "MESSAGE_CREATE", json!({"n": n, "blob": blob}))
+            .await;
     }
     let mut next = 0;
     loop {
@@ -241,7 +333,10 @@ async fn slow_client_is_closed_and_resumes_without_loss() {
             }
             Received::Frame(_) => {}
             Received::Closed(code) => {
-                assert!(matches!(code, None | Some(4000)), "resumable close, got {code:?}");
+                assert!(
+                    matches!(code, None | Some(4000)),
+                    "resumable close, got {code:?}"
+                );
                 break;
             }
         }
@@ -251,14 +346,25 @@ async fn slow_client_is_closed_and_resumes_without_loss() {
     let mut r = Client::connect(&node, "").await;
     r.last_seq = c.last_seq;
     r.frame().await;
-    r.send(json!({"op": 6, "d": {"token": tok, "session_id": ready["session_id"], "seq": c.last_seq}})).await;
+    r.send(
+        json!({"op": 6, "d": {"token": tok, "session_id": ready["session_id"], "seq": c.last_seq}}),
+    )
+    .await;
     while next < 600 {
         assert_eq!(r.dispatch().await["d"]["n"], next);
         next += 1;
     }
     assert_eq!(r.dispatch().await["t"], "RESUMED");
-    let metrics = reqwest::get(format!("http://{}/metrics", node.admin_addr)).await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("concord_session_queue_overflows_total"), "{metrics}");
+    let metrics = reqwest::get(format!("http://{}/metrics", node.admin_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("concord_session_queue_overflows_total"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -266,7 +372,9 @@ async fn user_events_and_membership_changes() {
     let cfg = config();
     let node = start(cfg.clone()).await;
     let p = Publisher::new(&node, &cfg);
-    let (status, _) = p.raw(Method::PUT, "/v1/guilds/8", Some(json!({"name": "eight"}))).await;
+    let (status, _) = p
+        .raw(Method::PUT, "/v1/guilds/8", Some(json!({"name": "eight"})))
+        .await;
     assert_eq!(status, 204);
 
     let mut a = Client::connect(&node, "").await;
@@ -274,7 +382,13 @@ async fn user_events_and_membership_changes() {
     a.identify(&token(&cfg, 5, &[]), &[]).await;
     b.identify(&token(&cfg, 5, &[]), &[]).await;
 
-    let (status, body) = p.raw(Method::POST, "/v1/users/5/events", Some(json!({"t": "NOTIFY", "d": {"x": 1}}))).await;
+    let (status, body) = p
+        .raw(
+            Method::POST,
+            "/v1/users/5/events",
+            Some(json!({"t": "NOTIFY", "d": {"x": 1}})),
+        )
+        .await;
     assert_eq!((status, body["user_seq"].as_u64()), (202, Some(1)));
     for c in [&mut a, &mut b] {
         assert_eq!(c.dispatch().await["t"], "NOTIFY");
@@ -284,7 +398,14 @@ async fn user_events_and_membership_changes() {
     assert_eq!((status, body["sessions"].as_u64()), (200, Some(2)));
     for c in [&mut a, &mut b] {
         let gc = c.dispatch().await;
-        assert_eq!((gc["t"].as_str(), gc["d"]["name"].as_str(), gc["d"]["id"].as_str()), (Some("GUILD_CREATE"), Some("eight"), Some("8")));
+        assert_eq!(
+            (
+                gc["t"].as_str(),
+                gc["d"]["name"].as_str(),
+                gc["d"]["id"].as_str()
+            ),
+            (Some("GUILD_CREATE"), Some("eight"), Some("8"))
+        );
     }
     p.guild(8, "MESSAGE_CREATE", json!({"in": true})).await;
     for c in [&mut a, &mut b] {
@@ -292,10 +413,19 @@ async fn user_events_and_membership_changes() {
     }
     p.raw(Method::DELETE, "/v1/guilds/8/members/5", None).await;
     p.guild(8, "MESSAGE_CREATE", json!({"in": false})).await;
-    p.raw(Method::POST, "/v1/users/5/events", Some(json!({"t": "NOTIFY", "d": {"x": 2}}))).await;
+    p.raw(
+        Method::POST,
+        "/v1/users/5/events",
+        Some(json!({"t": "NOTIFY", "d": {"x": 2}})),
+    )
+    .await;
     for c in [&mut a, &mut b] {
         assert_eq!(c.dispatch().await["t"], "GUILD_DELETE");
-        assert_eq!(c.dispatch().await["d"]["x"], 2, "the guild event after leaving is not delivered");
+        assert_eq!(
+            c.dispatch().await["d"]["x"],
+            2,
+            "the guild event after leaving is not delivered"
+        );
     }
 }
 
@@ -306,7 +436,8 @@ async fn passive_guilds_skip_events() {
     let p = Publisher::new(&node, &cfg);
     let mut c = Client::connect(&node, "").await;
     c.identify(&token(&cfg, 5, &[1, 2]), &[1, 2]).await;
-    c.send(json!({"op": 40, "d": {"guild_id": "1", "active": false}})).await;
+    c.send(json!({"op": 40, "d": {"guild_id": "1", "active": false}}))
+        .await;
     // Heartbeat round trip: the op 40 before it has been applied.
     c.send(json!({"op": 1, "d": c.last_seq})).await;
     assert_eq!(c.frame().await["op"], 11);
@@ -321,13 +452,36 @@ async fn publish_api_rejects_bad_requests() {
     let node = start(cfg.clone()).await;
     let http = reqwest::Client::new();
     let url = format!("http://{}/v1/guilds/1/events", node.api_addr);
-    let r = http.post(&url).json(&json!({"t": "X", "d": 1})).send().await.unwrap();
+    let r = http
+        .post(&url)
+        .json(&json!({"t": "X", "d": 1}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
-    let r = http.post(&url).bearer_auth("wrong").json(&json!({"t": "X", "d": 1})).send().await.unwrap();
+    let r = http
+        .post(&url)
+        .bearer_auth("wrong")
+        .json(&json!({"t": "X", "d": 1}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
-    let r = http.post(&url).bearer_auth(&cfg.publish_secret).body("{").send().await.unwrap();
+    let r = http
+        .post(&url)
+        .bearer_auth(&cfg.publish_secret)
+        .body("{")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
-    let r = http.post(&url).bearer_auth(&cfg.publish_secret).json(&json!({"t": "lower", "d": 1})).send().await.unwrap();
+    let r = http
+        .post(&url)
+        .bearer_auth(&cfg.publish_secret)
+        .json(&json!({"t": "lower", "d": 1}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
 }
 
@@ -341,26 +495,42 @@ async fn grpc_publish_unary_and_stream() {
     let mut c = Client::connect(&node, "").await;
     c.identify(&token(&cfg, 5, &[4]), &[4]).await;
 
-    let mut client = PublisherClient::connect(format!("http://{}", node.api_addr)).await.unwrap();
+    let mut client = PublisherClient::connect(format!("http://{}", node.api_addr))
+        .await
+        .unwrap();
     let req = |n: u64| {
         let mut r = tonic::Request::new(PublishRequest {
             target: Some(Target::GuildId(4)),
             event_type: "MESSAGE_CREATE".into(),
             data_json: format!(r#"{{"n":{n}}}"#).into_bytes(),
         });
-        r.metadata_mut().insert("authorization", format!("Bearer {}", cfg.publish_secret).parse().unwrap());
+        r.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", cfg.publish_secret).parse().unwrap(),
+        );
         r
     };
     assert_eq!(client.publish(req(1)).await.unwrap().into_inner().seq, 1);
     let unauth = client
-        .publish(PublishRequest { target: Some(Target::GuildId(4)), event_type: "X".into(), data_json: b"1".to_vec() })
+        .publish(PublishRequest {
+            target: Some(Target::GuildId(4)),
+            event_type: "X".into(),
+            data_json: b"1".to_vec(),
+        })
         .await;
     assert_eq!(unauth.unwrap_err().code(), tonic::Code::Unauthenticated);
 
     let items: Vec<PublishRequest> = (2..=4).map(|n| req(n).into_inner()).collect();
     let mut stream_req = tonic::Request::new(futures_util::stream::iter(items));
-    stream_req.metadata_mut().insert("authorization", format!("Bearer {}", cfg.publish_secret).parse().unwrap());
-    let reply = client.publish_stream(stream_req).await.unwrap().into_inner();
+    stream_req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", cfg.publish_secret).parse().unwrap(),
+    );
+    let reply = client
+        .publish_stream(stream_req)
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!((reply.accepted, reply.last_seq), (3, 4));
     for n in 1..=4 {
         assert_eq!(c.dispatch().await["d"]["n"], n);
@@ -374,19 +544,38 @@ async fn rest_shim_answers_with_exact_json_content_type() {
     let http = reqwest::Client::new();
     let base = format!("http://{}", node.api_addr);
     let tok = token(&cfg, 9, &[]);
-    for path in ["/api/v10/gateway", "/api/v10/gateway/bot", "/api/v10/users/@me", "/api/v10/oauth2/applications/@me"] {
-        let r = http.get(format!("{base}{path}")).header("Authorization", format!("Bot {tok}")).send().await.unwrap();
+    for path in [
+        "/api/v10/gateway",
+        "/api/v10/gateway/bot",
+        "/api/v10/users/@me",
+        "/api/v10/oauth2/applications/@me",
+    ] {
+        let r = http
+            .get(format!("{base}{path}"))
+            .header("Authorization", format!("Bot {tok}"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200, "{path}");
         assert_eq!(r.headers()["content-type"], "application/json", "{path}");
         let v: serde_json::Value = r.json().await.unwrap();
         match path {
             "/api/v10/gateway" => assert_eq!(v["url"], node.public_url),
-            "/api/v10/gateway/bot" => assert!(v["session_start_limit"]["max_concurrency"].as_u64().unwrap() > 0),
+            "/api/v10/gateway/bot" => assert!(
+                v["session_start_limit"]["max_concurrency"]
+                    .as_u64()
+                    .unwrap()
+                    > 0
+            ),
             "/api/v10/users/@me" => assert_eq!(v["id"], "9"),
             _ => assert_eq!(v["id"], "9"),
         }
     }
-    let r = http.get(format!("{base}/api/v10/users/@me")).send().await.unwrap();
+    let r = http
+        .get(format!("{base}/api/v10/users/@me"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
 }
 
@@ -398,13 +587,40 @@ async fn drain_sends_reconnect_and_stops() {
     c.identify(&token(&cfg, 1, &[]), &[]).await;
     let admin = format!("http://{}", node.admin_addr);
     let http = reqwest::Client::new();
-    assert_eq!(http.get(format!("{admin}/readyz")).send().await.unwrap().status(), 200);
-    let metrics = http.get(format!("{admin}/metrics")).send().await.unwrap().text().await.unwrap();
-    for name in ["concord_connections_open", "concord_sessions", "concord_identifies_total"] {
+    assert_eq!(
+        http.get(format!("{admin}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let metrics = http
+        .get(format!("{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "concord_connections_open",
+        "concord_sessions",
+        "concord_identifies_total",
+    ] {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }
-    assert_eq!(http.post(format!("{admin}/admin/drain")).send().await.unwrap().status(), 202);
+    assert_eq!(
+        http.post(format!("{admin}/admin/drain"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
     assert_eq!(c.frame().await["op"], 7);
     assert_eq!(c.close_code().await, Some(4000));
-    tokio::time::timeout(common::WAIT, node.wait()).await.unwrap();
+    tokio::time::timeout(common::WAIT, node.wait())
+        .await
+        .unwrap();
 }

@@ -8,18 +8,18 @@
 //!
 //! ## Main types
 //! - [`OpCode`] and [`CloseCode`]: the numbers on the wire, with what each one means.
-//! - [`ClientCommand`]: a decoded client frame (`Identify`, `Resume`, `Heartbeat`, ...),
+//! - [`ClientCommand`] — a decoded client frame (`Identify`, `Resume`, `Heartbeat`, ...),
 //!   parsed once at the edge by [`ClientCommand::decode`], which returns a typed
 //!   [`DecodeError`] that maps to the close code the node must send.
-//! - [`frame`]: builders for every server frame. A dispatch is built from a body that was
+//! - [`frame`] — builders for every server frame. A dispatch is built from a body that was
 //!   serialised once ([`frame::dispatch`]), so fan-out never re-serialises JSON.
 //! - [`Ready`], [`CurrentUser`], [`UnavailableGuild`]: the typed READY payload.
 //! - [`token::Claims`] with [`token::mint`] and [`token::verify`]: the client token format
 //!   `base64(user_id) "." base64url(claims JSON) "." base64url(HMAC-SHA256)`.
-//! - [`codec`]: transport compression. [`codec::Compression`] names a mode,
+//! - [`codec`] — transport compression. [`codec::Compression`] names a mode,
 //!   [`codec::Encoder`] compresses outbound messages (one zlib or zstd context per
 //!   connection) and [`codec::Decoder`] is the matching client side.
-//! - [`intents`]: the intent bits, their validation, and which intent each event needs.
+//! - [`intents`] — the intent bits, their validation, and which intent each event needs.
 //! - The `.proto` files of the gRPC services live in `proto/` ([`PROTO_DIR`]); the crates
 //!   that serve or call them compile them with `protox` (no `protoc` needed).
 //!
@@ -30,14 +30,14 @@
 //!    through the connection's [`codec::Encoder`].
 //!
 //! # Layout
-//! - [`ids`]: identifier newtypes (`UserId`, `GuildId`, `SessionId`, `Seq`).
-//! - [`opcode`]: opcodes and close codes.
-//! - [`command`]: client commands and their decoding.
-//! - [`payload`]: READY and other typed payloads.
-//! - [`frame`]: server frame builders.
-//! - [`token`]: client tokens.
-//! - [`intents`]: gateway intents.
-//! - [`codec`]: transport compression (`zlib-stream`, `zstd-stream`).
+//! - [`ids`] — identifier newtypes (`UserId`, `GuildId`, `SessionId`, `Seq`).
+//! - [`opcode`] — opcodes and close codes.
+//! - [`command`] — client commands and their decoding.
+//! - [`payload`] — READY and other typed payloads.
+//! - [`frame`] — server frame builders.
+//! - [`token`] — client tokens.
+//! - [`intents`] — gateway intents.
+//! - [`codec`] — transport compression (`zlib-stream`, `zstd-stream`).
 
 pub mod codec;
 pub mod command;

@@ -7,14 +7,14 @@
 //! peer transport arrives with clustering); a single node owns every topic for now.
 //!
 //! ## Main types
-//! - [`Topic`]: what an event is published to, a guild or a user.
-//! - [`Event`]: one published event, its body serialised once and shared through an
+//! - [`Topic`] — what an event is published to, a guild or a user.
+//! - [`Event`] — one published event, its body serialised once and shared through an
 //!   `Arc` by every session that receives it ([`SharedEvent`]).
-//! - [`TopicTable`]: for each topic, its sequence counter, a bounded log of recent events
+//! - [`TopicTable`] — for each topic, its sequence counter, a bounded log of recent events
 //!   (the replay source for subscribers that fall behind) and its local subscribers.
 //!   [`TopicTable::publish`] returns a [`Delivery`]: the one shared event plus the
 //!   subscribers to hand it to.
-//! - [`SessionLog`]: one session's dispatch sequence, replay index and write cursor. It
+//! - [`SessionLog`] — one session's dispatch sequence, replay index and write cursor. It
 //!   assigns `s`, keeps what a resume must replay within count and byte limits, and says
 //!   what the connection has not written yet.
 //!
@@ -26,9 +26,9 @@
 //! 4. On resume, `SessionLog::rewind(client_seq)`, then write what is unwritten again.
 //!
 //! # Layout
-//! - [`event`]: topics and events.
-//! - [`table`]: the topic table and delivery planning.
-//! - [`session_log`]: per-session sequence, replay index and write cursor.
+//! - [`event`] — topics and events.
+//! - [`table`] — the topic table and delivery planning.
+//! - [`session_log`] — per-session sequence, replay index and write cursor.
 
 pub mod event;
 pub mod session_log;

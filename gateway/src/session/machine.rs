@@ -167,7 +167,10 @@ mod tests {
     fn second_identify_closes_4005() {
         let t0 = Instant::now();
         let mut m = Machine::new(t0, HB);
-        assert!(matches!(m.handle_message(IDENTIFY, t0), Action::Identify(_)));
+        assert!(matches!(
+            m.handle_message(IDENTIFY, t0),
+            Action::Identify(_)
+        ));
         // Even while the first one is being verified.
         assert_eq!(code(m.handle_message(IDENTIFY, t0)), 4005);
         m.identified();
@@ -179,8 +182,14 @@ mod tests {
     #[test]
     fn unknown_opcode_and_bad_json() {
         let t0 = Instant::now();
-        assert_eq!(code(Machine::new(t0, HB).handle_message(br#"{"op":42}"#, t0)), 4001);
-        assert_eq!(code(Machine::new(t0, HB).handle_message(b"{nope", t0)), 4002);
+        assert_eq!(
+            code(Machine::new(t0, HB).handle_message(br#"{"op":42}"#, t0)),
+            4001
+        );
+        assert_eq!(
+            code(Machine::new(t0, HB).handle_message(b"{nope", t0)),
+            4002
+        );
         let big = vec![b'x'; 5000];
         assert_eq!(code(Machine::new(t0, HB).handle_message(&big, t0)), 4002);
     }
@@ -194,7 +203,10 @@ mod tests {
             let now = t0 + Duration::from_millis(i * 10);
             assert!(matches!(m.handle_message(hb, now), Action::AckHeartbeat(_)));
         }
-        assert_eq!(code(m.handle_message(hb, t0 + Duration::from_secs(2))), 4008);
+        assert_eq!(
+            code(m.handle_message(hb, t0 + Duration::from_secs(2))),
+            4008
+        );
 
         // A new window starts 60 s after the first command.
         let mut m = Machine::new(t0, HB);

@@ -22,7 +22,11 @@ pub async fn start(config: Config) -> Node {
 }
 
 pub fn token(config: &Config, uid: u64, guilds: &[u64]) -> String {
-    let exp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 3600;
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
     let claims = Claims {
         uid,
         name: format!("user{uid}"),
@@ -48,7 +52,12 @@ impl Publisher {
         }
     }
 
-    pub async fn raw(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    pub async fn raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.base))
@@ -65,7 +74,11 @@ impl Publisher {
     /// Publishes to a guild; returns the guild seq.
     pub async fn guild(&self, guild: u64, t: &str, d: Value) -> u64 {
         let (status, body) = self
-            .raw(reqwest::Method::POST, &format!("/v1/guilds/{guild}/events"), Some(json!({"t": t, "d": d})))
+            .raw(
+                reqwest::Method::POST,
+                &format!("/v1/guilds/{guild}/events"),
+                Some(json!({"t": t, "d": d})),
+            )
             .await;
         assert_eq!(status, 202, "{body}");
         body["guild_seq"].as_u64().unwrap()
@@ -117,10 +130,14 @@ impl Client {
     /// The next frame or close, skipping pings.
     pub async fn recv(&mut self) -> Received {
         loop {
-            let msg = tokio::time::timeout(WAIT, self.ws.next()).await.expect("timed out waiting for the server");
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for the server");
             let bytes: Vec<u8> = match msg {
                 None | Some(Err(_)) => return Received::Closed(None),
-                Some(Ok(Message::Close(f))) => return Received::Closed(f.map(|f| u16::from(f.code))),
+                Some(Ok(Message::Close(f))) => {
+                    return Received::Closed(f.map(|f| u16::from(f.code)));
+                }
                 Some(Ok(Message::Text(t))) => t.as_bytes().to_vec(),
                 Some(Ok(Message::Binary(b))) => b.to_vec(),
                 Some(Ok(_)) => continue,
