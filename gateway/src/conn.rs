@@ -231,19 +231,27 @@ impl Connection {
 
     async fn event_loop(&mut self) -> Stop {
         let drain = self.shared.drain.clone();
+        // One timer per connection, moved only when the deadline moves.
+        let mut deadline = tokio::time::Instant::from_std(self.machine.deadline());
+        let zombie = tokio::time::sleep_until(deadline);
+        tokio::pin!(zombie);
         loop {
-            let deadline = tokio::time::Instant::from_std(self.machine.deadline());
+            let next = tokio::time::Instant::from_std(self.machine.deadline());
+            if next != deadline {
+                deadline = next;
+                zombie.as_mut().reset(deadline);
+            }
             let (wake, kicked) = match &self.attached {
                 Some(a) => (Some(a.session.clone()), Some(a.kicked.clone())),
                 None => (None, None),
             };
             let step = tokio::select! {
                 biased;
-                () = drain.cancelled() => self.drain().await,
+                () = drain.cancelled() => Box::pin(self.drain()).await,
                 () = async { match &kicked { Some(k) => k.cancelled().await, None => std::future::pending().await } } => Err(self.let_go().await),
                 msg = self.ws.next() => self.on_message(msg).await,
                 () = async { match &wake { Some(s) => s.wake.notified().await, None => std::future::pending().await } } => self.write_pending().await,
-                () = tokio::time::sleep_until(deadline) => match self.machine.handle_timeout(Instant::now()) {
+                () = &mut zombie => match self.machine.handle_timeout(Instant::now()) {
                     Some(code) => Err(self.close(code).await),
                     None => Ok(()),
                 },
@@ -284,8 +292,10 @@ impl Connection {
                 }
                 self.send_control(frame::heartbeat_ack().as_bytes()).await
             }
-            Action::Identify(identify) => self.identify(*identify).await,
-            Action::Resume(resume) => self.resume(resume).await,
+            // Boxed: these run once per connection, and their state would otherwise sit
+            // in every idle connection's future.
+            Action::Identify(identify) => Box::pin(self.identify(*identify)).await,
+            Action::Resume(resume) => Box::pin(self.resume(resume)).await,
             Action::RequestGuildMembers(r) => {
                 if let Some(a) = &self.attached {
                     let body = serde_json::json!({

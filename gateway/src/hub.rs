@@ -239,10 +239,12 @@ impl Hub {
         if self.table.is_subscribed(Topic::Guild(guild), session.key()) {
             return false;
         }
-        let body = match self.guild_objects.get(&guild) {
-            Some(object) => object.clone(),
-            None => minimal_guild(guild),
-        };
+        // One body per guild, shared by every session's GUILD_CREATE.
+        let body = self
+            .guild_objects
+            .entry(guild)
+            .or_insert_with(|| minimal_guild(guild))
+            .clone();
         session.lock().guilds.push(guild);
         session.push(Event::session_only("GUILD_CREATE", body, now));
         self.table.subscribe(Topic::Guild(guild), session.clone())

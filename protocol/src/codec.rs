@@ -180,8 +180,10 @@ impl Encoder {
         }
     }
 
-    /// The compressor's memory in bytes: exact for zstd (`ZSTD_sizeof_CCtx`), and for
-    /// zlib the deflate state at level 6 with a 32 KiB window (about 268 KiB once used).
+    /// The compressor's allocation in bytes: exact for zstd (`ZSTD_sizeof_CCtx`, of which
+    /// only touched pages become resident); for zlib a lower bound from classic zlib's
+    /// `deflate_state` at level 6 (zlib-rs was measured at about 410 KiB resident, see
+    /// BENCHMARKS.md).
     pub fn memory_bytes(&self) -> usize {
         match &self.kind {
             EncoderKind::None => 0,

@@ -139,7 +139,8 @@ impl SessionLog {
                 None => break,
             }
         }
-        if self.entries.is_empty() && self.entries.capacity() > 16 {
+        // An idle session should own no buffer at all.
+        if self.entries.is_empty() {
             self.entries.shrink_to_fit();
         }
     }
