@@ -40,7 +40,13 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut a = Args { only: None, sessions: 10_000, fanout: 1_000, events: 1_000, rate: 200 };
+    let mut a = Args {
+        only: None,
+        sessions: 10_000,
+        fanout: 1_000,
+        events: 1_000,
+        rate: 200,
+    };
     let argv: Vec<String> = std::env::args().collect();
     let mut i = 1;
     while i < argv.len() {
@@ -59,7 +65,11 @@ fn args() -> Args {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A node process that is killed on drop (with an optional `perf record` attached).
@@ -74,7 +84,9 @@ struct NodeProc {
 impl Drop for NodeProc {
     fn drop(&mut self) {
         if let Some(mut perf) = self.perf.take() {
-            let _ = Command::new("kill").args(["-INT", &perf.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-INT", &perf.id().to_string()])
+                .status();
             let _ = perf.wait();
         }
         let _ = self.child.kill();
@@ -86,11 +98,24 @@ impl NodeProc {
     async fn start(extra: &[&str]) -> NodeProc {
         let (client, api, admin) = (free_port(), free_port(), free_port());
         let child = Command::new(env!("CARGO_BIN_EXE_concord"))
-            .args(["serve", "--log", "warn", "--token-secret", TOKEN_SECRET, "--publish-secret", PUBLISH_SECRET])
+            .args([
+                "serve",
+                "--log",
+                "warn",
+                "--token-secret",
+                TOKEN_SECRET,
+                "--publish-secret",
+                PUBLISH_SECRET,
+            ])
             .args(["--listen", &format!("127.0.0.1:{client}")])
             .args(["--api-listen", &format!("127.0.0.1:{api}")])
             .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-            .args(["--identify-max-concurrency", "1000000", "--max-connections", "19000"])
+            .args([
+                "--identify-max-concurrency",
+                "1000000",
+                "--max-connections",
+                "19000",
+            ])
             .args(extra)
             .stdout(Stdio::null())
             .spawn()
@@ -98,13 +123,27 @@ impl NodeProc {
         // CONCORD_BENCH_PERF=prefix profiles every node with `perf record -e cpu-clock -g`.
         let perf = std::env::var("CONCORD_BENCH_PERF").ok().map(|prefix| {
             Command::new("perf")
-                .args(["record", "-q", "-e", "cpu-clock", "-g", "-p", &child.id().to_string()])
+                .args([
+                    "record",
+                    "-q",
+                    "-e",
+                    "cpu-clock",
+                    "-g",
+                    "-p",
+                    &child.id().to_string(),
+                ])
                 .args(["-o", &format!("{prefix}.{client}.data")])
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("spawn perf")
         });
-        let node = NodeProc { child, perf, client, api, admin };
+        let node = NodeProc {
+            child,
+            perf,
+            client,
+            api,
+            admin,
+        };
         let url = format!("http://127.0.0.1:{}/healthz", node.admin);
         for _ in 0..200 {
             if reqwest::get(&url).await.is_ok() {
@@ -137,7 +176,12 @@ impl NodeProc {
     }
 
     async fn metric(&self, name: &str) -> f64 {
-        let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", self.admin)).await.unwrap().text().await.unwrap();
+        let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", self.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         text.lines()
             .filter(|l| l.starts_with(name))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -146,7 +190,10 @@ impl NodeProc {
 
     async fn publish(&self, http: &reqwest::Client, guild: u64, d: Value) {
         let r = http
-            .post(format!("http://127.0.0.1:{}/v1/guilds/{guild}/events", self.api))
+            .post(format!(
+                "http://127.0.0.1:{}/v1/guilds/{guild}/events",
+                self.api
+            ))
             .bearer_auth(PUBLISH_SECRET)
             .json(&json!({"t": "MESSAGE_CREATE", "d": d}))
             .send()
@@ -157,23 +204,42 @@ impl NodeProc {
 }
 
 fn mint(uid: u64, guilds: Vec<u64>) -> String {
-    let exp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 3600;
-    token::mint(TOKEN_SECRET.as_bytes(), &Claims { uid, name: format!("u{uid}"), guilds, exp, bot: false })
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    token::mint(
+        TOKEN_SECRET.as_bytes(),
+        &Claims {
+            uid,
+            name: format!("u{uid}"),
+            guilds,
+            exp,
+            bot: false,
+        },
+    )
 }
 
 fn client_ws_config() -> WebSocketConfig {
     WebSocketConfig::default().read_buffer_size(8 * 1024)
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Connects, identifies and waits for READY and the GUILD_CREATEs.
 async fn session(port: u16, compress: Compression, uid: u64, guilds: Vec<u64>) -> (Ws, Decoder) {
-    let q = compress.as_query().map(|c| format!("&compress={c}")).unwrap_or_default();
+    let q = compress
+        .as_query()
+        .map(|c| format!("&compress={c}"))
+        .unwrap_or_default();
     let url = format!("ws://127.0.0.1:{port}/?v=10&encoding=json{q}");
     let mut attempt = 0;
     let (mut ws, _) = loop {
-        match tokio_tungstenite::connect_async_with_config(&url, Some(client_ws_config()), true).await {
+        match tokio_tungstenite::connect_async_with_config(&url, Some(client_ws_config()), true)
+            .await
+        {
             Ok(x) => break x,
             Err(e) if attempt < 20 => {
                 attempt += 1;
@@ -185,21 +251,28 @@ async fn session(port: u16, compress: Compression, uid: u64, guilds: Vec<u64>) -
     };
     let mut dec = Decoder::new(compress, 1 << 24).unwrap();
     let n_guilds = guilds.len();
-    let identify = json!({"op": 2, "d": {"token": mint(uid, guilds), "intents": 513, "properties": {}}});
+    let identify =
+        json!({"op": 2, "d": {"token": mint(uid, guilds), "intents": 513, "properties": {}}});
     ws.send(Message::text(identify.to_string())).await.unwrap();
     let mut dispatches = 0;
     let mut last_seq = 0;
     while dispatches < 1 + n_guilds {
-        let v = next_json(&mut ws, &mut dec).await.expect("session closed during identify");
+        let v = next_json(&mut ws, &mut dec)
+            .await
+            .expect("session closed during identify");
         if v["op"] == 0 {
             dispatches += 1;
             last_seq = v["s"].as_u64().unwrap();
         }
     }
     // Heartbeat once with the last seq, as every real client soon does; the ACK follows.
-    ws.send(Message::text(json!({"op": 1, "d": last_seq}).to_string())).await.unwrap();
+    ws.send(Message::text(json!({"op": 1, "d": last_seq}).to_string()))
+        .await
+        .unwrap();
     loop {
-        let v = next_json(&mut ws, &mut dec).await.expect("session closed before the heartbeat ack");
+        let v = next_json(&mut ws, &mut dec)
+            .await
+            .expect("session closed before the heartbeat ack");
         if v["op"] == 11 {
             break;
         }
@@ -222,10 +295,17 @@ async fn next_json(ws: &mut Ws, dec: &mut Decoder) -> Option<Value> {
 }
 
 /// Opens `n` sessions with `concurrency` in flight at once.
-async fn open_sessions(port: u16, compress: Compression, n: usize, guilds: impl Fn(usize) -> Vec<u64>) -> Vec<(Ws, Decoder)> {
+async fn open_sessions(
+    port: u16,
+    compress: Compression,
+    n: usize,
+    guilds: impl Fn(usize) -> Vec<u64>,
+) -> Vec<(Ws, Decoder)> {
     let mut out = Vec::with_capacity(n);
-    let mut pending = futures_util::stream::iter((0..n).map(|i| session(port, compress, i as u64 + 1, guilds(i))))
-        .buffer_unordered(256);
+    let mut pending = futures_util::stream::iter(
+        (0..n).map(|i| session(port, compress, i as u64 + 1, guilds(i))),
+    )
+    .buffer_unordered(256);
     while let Some(s) = pending.next().await {
         out.push(s);
     }
@@ -237,7 +317,10 @@ async fn idle(sessions: usize) {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let base = node.rss_bytes();
     let t0 = Instant::now();
-    let conns = open_sessions(node.client, Compression::None, sessions, |i| vec![(i % 100) as u64 + 1]).await;
+    let conns = open_sessions(node.client, Compression::None, sessions, |i| {
+        vec![(i % 100) as u64 + 1]
+    })
+    .await;
     let connect_secs = t0.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss = node.rss_bytes();
@@ -256,7 +339,13 @@ async fn idle(sessions: usize) {
 
 /// Publishes `events` to one guild at `rate`/s and measures publish-to-receive latency on
 /// every subscribed session. Returns (deliveries, elapsed, histogram).
-async fn drive(node: &NodeProc, conns: Vec<(Ws, Decoder)>, events: usize, rate: u64, payload: &str) -> (u64, Duration, Histogram<u64>) {
+async fn drive(
+    node: &NodeProc,
+    conns: Vec<(Ws, Decoder)>,
+    events: usize,
+    rate: u64,
+    payload: &str,
+) -> (u64, Duration, Histogram<u64>) {
     let start = Instant::now();
     let hist = Arc::new(Mutex::new(Histogram::<u64>::new(3).unwrap()));
     let barrier = Arc::new(Barrier::new(conns.len() + 1));
@@ -269,7 +358,10 @@ async fn drive(node: &NodeProc, conns: Vec<(Ws, Decoder)>, events: usize, rate: 
             barrier.wait().await;
             let mut got = 0;
             while got < events {
-                let Ok(Some(v)) = tokio::time::timeout(Duration::from_secs(30), next_json(&mut ws, &mut dec)).await else {
+                let Ok(Some(v)) =
+                    tokio::time::timeout(Duration::from_secs(30), next_json(&mut ws, &mut dec))
+                        .await
+                else {
                     break;
                 };
                 if v["op"] != 0 {
@@ -277,7 +369,9 @@ async fn drive(node: &NodeProc, conns: Vec<(Ws, Decoder)>, events: usize, rate: 
                 }
                 let sent = v["d"]["sent_ns"].as_u64().unwrap();
                 let now = start.elapsed().as_nanos() as u64;
-                local.record((now.saturating_sub(sent) / 1000).max(1)).unwrap();
+                local
+                    .record((now.saturating_sub(sent) / 1000).max(1))
+                    .unwrap();
                 got += 1;
             }
             hist.lock().unwrap().add(&local).unwrap();
@@ -292,7 +386,12 @@ async fn drive(node: &NodeProc, conns: Vec<(Ws, Decoder)>, events: usize, rate: 
         let due = t0 + interval * n as u32;
         tokio::time::sleep_until(due.into()).await;
         let sent_ns = start.elapsed().as_nanos() as u64;
-        node.publish(&http, 7, json!({"n": n, "sent_ns": sent_ns, "content": payload})).await;
+        node.publish(
+            &http,
+            7,
+            json!({"n": n, "sent_ns": sent_ns, "content": payload}),
+        )
+        .await;
     }
     let mut delivered = 0u64;
     let mut keep = Vec::new();
@@ -347,11 +446,17 @@ async fn cpu(fanout: usize, events: usize, rate: u64) {
         let conns = open_sessions(node.client, mode, fanout, |_| vec![7]).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let (rss0, cpu0) = (node.rss_bytes(), node.cpu_ns());
-        let (raw0, wire0) = (node.metric("concord_bytes_out_total{stage=\"raw\"}").await, node.metric("concord_bytes_out_total{stage=\"wire\"}").await);
+        let (raw0, wire0) = (
+            node.metric("concord_bytes_out_total{stage=\"raw\"}").await,
+            node.metric("concord_bytes_out_total{stage=\"wire\"}").await,
+        );
         let (delivered, _elapsed, h) = drive(&node, conns, events, rate, &payload()).await;
         let cpu = node.cpu_ns() - cpu0;
         let rss = node.rss_bytes();
-        let (raw, wire) = (node.metric("concord_bytes_out_total{stage=\"raw\"}").await - raw0, node.metric("concord_bytes_out_total{stage=\"wire\"}").await - wire0);
+        let (raw, wire) = (
+            node.metric("concord_bytes_out_total{stage=\"raw\"}").await - raw0,
+            node.metric("concord_bytes_out_total{stage=\"wire\"}").await - wire0,
+        );
         println!(
             "{}",
             json!({
@@ -373,7 +478,11 @@ async fn cpu(fanout: usize, events: usize, rate: u64) {
 
 fn compressor() {
     let frame = |n: usize| {
-        concord_protocol::frame::dispatch(concord_protocol::Seq(n as u64), "MESSAGE_CREATE", json!({"n": n, "content": payload()}).to_string().as_bytes())
+        concord_protocol::frame::dispatch(
+            concord_protocol::Seq(n as u64),
+            "MESSAGE_CREATE",
+            json!({"n": n, "content": payload()}).to_string().as_bytes(),
+        )
     };
     let mut report = serde_json::Map::new();
     for (name, mode, params) in [
@@ -388,9 +497,15 @@ fn compressor() {
             out.clear();
             enc.encode(&frame(n), &mut out).unwrap();
         }
-        report.insert(name.into(), json!({"idle_bytes": idle, "in_use_bytes": enc.memory_bytes()}));
+        report.insert(
+            name.into(),
+            json!({"idle_bytes": idle, "in_use_bytes": enc.memory_bytes()}),
+        );
     }
-    println!("{}", json!({"scenario": "compressor", "per_connection": report}));
+    println!(
+        "{}",
+        json!({"scenario": "compressor", "per_connection": report})
+    );
 }
 
 fn main() {
@@ -400,7 +515,10 @@ fn main() {
     if run("compressor") {
         compressor();
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         if run("idle") {
             idle(a.sessions).await;

@@ -1,5 +1,6 @@
 //! `concord`: run a node, or mint a client token.
 
+use std::io::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
@@ -127,11 +128,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             Duration::from_secs(86_400),
             true,
         );
-        println!("dev token (user 1, guild 1): {dev_token}");
-        println!(
+        // Printing must never take the node down (stdout may be a closed pipe).
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "dev token (user 1, guild 1): {dev_token}");
+        let _ = writeln!(
+            out,
             "publish:  curl -X POST http://{}/v1/guilds/1/events -H 'Authorization: Bearer {publish_secret}' -d '{{\"t\":\"MESSAGE_CREATE\",\"d\":{{\"content\":\"hi\"}}}}'",
             node.api_addr
         );
+        let _ = out.flush();
     }
     let drain = node.drain_token();
     tokio::spawn(async move {
