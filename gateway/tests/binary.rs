@@ -104,7 +104,6 @@ async fn dev_mode_node_from_env_drains_on_sigterm() {
         }
     };
     assert_eq!(next().await.unwrap()["op"], 10);
-    drop(next);
     ws.send(Message::text(
         json!({"op": 2, "d": {"token": tok, "intents": 513, "properties": {}}}).to_string(),
     ))
