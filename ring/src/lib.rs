@@ -79,7 +79,7 @@
 //! - *Bounded-load consistent hashing* with partitions taken in a fixed order fixes the balance
 //!   but cascades: measured 1.7-2.3x the ideal movement at N >= 100. The stable matching cascades
 //!   less (the unique matching changes only along rejection chains) and rank normalisation
-//!   shortens those chains further: 1.0-1.7x measured (see `BENCHMARKS-ring.md`).
+//!   shortens those chains further: 1.0-1.7x measured (see `BENCHMARKS.md`, "Ring").
 //!
 //! The movement goal of 1.1x the ideal is not met for N >= 30: any ring that is a pure
 //! function of the member set and holds the 1.05 balance bound must re-balance when a node frees
@@ -90,7 +90,7 @@
 //! # Cost
 //! Building is O(P * N) hashes (each node finds its best partitions) plus matching work over a
 //! sparse table of about `16 * P + 16 * N` candidate pairs: 1.6 ms for N = 3, 11 ms for N = 100
-//! and 24 ms for N = 1000 at P = 4096 (release, 2 shared cores; `BENCHMARKS-ring.md`). The
+//! and 24 ms for N = 1000 at P = 4096 (release, 2 shared cores; `BENCHMARKS.md`, "Ring"). The
 //! finished ring holds `P * min(R, N)` `u32`s plus the members. Lookup: one hash, one multiply,
 //! one table read, 3.5 ns (N = 3, 100) to 6 ns (N = 1000, cache misses) against 37-170 ns for
 //! `hashring`.

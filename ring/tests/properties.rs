@@ -16,7 +16,7 @@ const P: u32 = 4096;
 /// `OWNER_MOVE_FACTOR * ideal + MOVE_SLACK`, copies to create at most `R` times
 /// `COPY_MOVE_FACTOR * ideal + MOVE_SLACK`. The issue asks for `1.1 * ideal`; this ring measures
 /// 1.0-1.1x up to N = 30 and up to 1.8x (owners) and 2.05x (copies) worst case at N = 100-500.
-/// BENCHMARKS-ring.md explains why, and why 1.1x is out of reach at large N for any ring that
+/// BENCHMARKS.md ("Ring") explains why, and why 1.1x is out of reach at large N for any ring that
 /// meets the balance bound.
 const OWNER_MOVE_FACTOR: f64 = 2.25;
 const COPY_MOVE_FACTOR: f64 = 2.5;
