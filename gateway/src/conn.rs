@@ -5,6 +5,7 @@
 //! log), its zombie deadline, and the node draining. Dispatches are written in batches:
 //! every unwritten frame is fed to the socket, then flushed once.
 
+use std::io::IoSlice;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -12,10 +13,11 @@ use bytes::Bytes;
 use concord_protocol::codec::{Compression, Encoder};
 use concord_protocol::{
     CloseCode, CurrentUser, GATEWAY_VERSION, GuildId, Identify, Ready, ReadyApplication, Resume,
-    SessionId, UnavailableGuild, frame, intents, token,
+    Seq, SessionId, UnavailableGuild, frame, intents, token,
 };
 use concord_router::Event;
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_tungstenite::WebSocketStream;
@@ -32,6 +34,7 @@ use crate::limits::IdentifyLimiter;
 use crate::metrics::{self, Metrics};
 use crate::session::machine::{Action, Machine};
 use crate::session::{Registry, Session, SessionRef};
+use crate::wsframe::{self, Part};
 
 /// Most dispatches written per batch before the task checks its other inputs again.
 const WRITE_BATCH: usize = 64;
@@ -490,12 +493,15 @@ impl Connection {
             .await
     }
 
-    /// Writes every unwritten dispatch of the session, in batches, one flush per batch.
+    /// Writes every unwritten dispatch of the session. Each batch goes out as one
+    /// `writev`: per frame, a header and prefix from a scratch buffer, then the event body
+    /// shared by every session (or, compressed, this connection's own bytes).
     async fn write_pending(&mut self) -> Result<(), Stop> {
         let Some(a) = &self.attached else {
             return Ok(());
         };
         let session = a.session.clone();
+        let kicked = a.kicked.clone();
         loop {
             let batch: Option<Vec<_>> = {
                 let st = session.lock();
@@ -517,29 +523,29 @@ impl Connection {
                 return Ok(());
             };
             let now = Instant::now();
-            let kicked = match &self.attached {
-                Some(a) => a.kicked.clone(),
-                None => return Ok(()),
-            };
+            let mut scratch = Vec::with_capacity(batch.len() * 64);
+            let mut compressed: Vec<Vec<u8>> = Vec::new();
+            let mut plan = Vec::with_capacity(batch.len());
             for (seq, event) in &batch {
-                let mut frame = Vec::new();
-                frame::dispatch_into(&mut frame, *seq, &event.event_type, &event.body);
                 if event.topic.is_some() {
                     self.shared
                         .metrics
                         .publish_to_write
                         .record(now.duration_since(event.published_at).as_secs_f64());
                 }
-                let msg = self.encode(frame)?;
-                tokio::select! {
-                    r = self.ws.feed(msg) => r.map_err(|_| Stop::Dropped)?,
-                    () = kicked.cancelled() => return Err(self.let_go().await),
-                }
+                plan.push(self.frame_dispatch(*seq, event, &mut scratch, &mut compressed)?);
             }
+            let parts: Vec<Part<'_>> = plan
+                .iter()
+                .zip(&batch)
+                .flat_map(|(p, (_, event))| p.parts(&event.body, &compressed))
+                .collect();
+            let mut slices = wsframe::slices(&scratch, &parts);
             tokio::select! {
-                r = self.ws.flush() => r.map_err(|_| Stop::Dropped)?,
+                r = write_all_vectored(&mut self.ws, &mut slices) => r.map_err(|_| Stop::Dropped)?,
                 () = kicked.cancelled() => return Err(self.let_go().await),
             }
+            drop(slices);
             self.shared
                 .metrics
                 .dispatches_delivered
@@ -551,32 +557,74 @@ impl Connection {
         }
     }
 
-    /// Encodes one frame for the wire, counting bytes before and after compression.
-    fn encode(&mut self, frame: Vec<u8>) -> Result<Message, Stop> {
+    /// Frames one dispatch: its header and (uncompressed) prefix go to `scratch`; a
+    /// compressed frame's bytes go to `compressed`.
+    fn frame_dispatch(
+        &mut self,
+        seq: Seq,
+        event: &concord_router::Event,
+        scratch: &mut Vec<u8>,
+        compressed: &mut Vec<Vec<u8>>,
+    ) -> Result<Planned, Stop> {
         let m = &self.shared.metrics;
-        m.bytes_raw.increment(frame.len() as u64);
         let Some(encoder) = self.encoder.as_mut() else {
             return Err(Stop::Dropped);
         };
+        let start = scratch.len();
         if encoder.is_binary() {
+            let mut frame = Vec::new();
+            frame::dispatch_into(&mut frame, seq, &event.event_type, &event.body);
             let mut wire = Vec::with_capacity(frame.len() / 2 + 16);
             encoder
                 .encode(&frame, &mut wire)
                 .map_err(|_| Stop::Dropped)?;
+            m.bytes_raw.increment(frame.len() as u64);
             m.bytes_wire.increment(wire.len() as u64);
-            Ok(Message::Binary(wire.into()))
+            wsframe::header_into(scratch, wsframe::BINARY, wire.len());
+            compressed.push(wire);
+            Ok(Planned::Compressed {
+                head: (start, scratch.len()),
+                index: compressed.len() - 1,
+            })
         } else {
-            m.bytes_wire.increment(frame.len() as u64);
-            // Frames are built from UTF-8 JSON, so this only fails on a bug.
-            let text = String::from_utf8(frame).map_err(|_| Stop::Dropped)?;
-            Ok(Message::Text(text.into()))
+            let mut prefix = Vec::with_capacity(48 + event.event_type.len());
+            frame::dispatch_prefix_into(&mut prefix, seq, &event.event_type);
+            let len = prefix.len() + event.body.len() + frame::DISPATCH_SUFFIX.len();
+            m.bytes_raw.increment(len as u64);
+            m.bytes_wire.increment(len as u64);
+            wsframe::header_into(scratch, wsframe::TEXT, len);
+            scratch.extend_from_slice(&prefix);
+            Ok(Planned::Plain {
+                head: (start, scratch.len()),
+            })
         }
     }
 
-    /// Sends one non-dispatch frame and flushes.
-    async fn send_control(&mut self, frame: &[u8]) -> Result<(), Stop> {
-        let msg = self.encode(frame.to_vec())?;
-        self.ws.send(msg).await.map_err(|_| Stop::Dropped)
+    /// Sends one non-dispatch frame (Hello, Heartbeat ACK, op 7, op 9).
+    async fn send_control(&mut self, payload: &[u8]) -> Result<(), Stop> {
+        let m = &self.shared.metrics;
+        let Some(encoder) = self.encoder.as_mut() else {
+            return Err(Stop::Dropped);
+        };
+        m.bytes_raw.increment(payload.len() as u64);
+        let mut out = Vec::with_capacity(payload.len() + 10);
+        if encoder.is_binary() {
+            let mut wire = Vec::with_capacity(payload.len() + 16);
+            encoder
+                .encode(payload, &mut wire)
+                .map_err(|_| Stop::Dropped)?;
+            m.bytes_wire.increment(wire.len() as u64);
+            wsframe::header_into(&mut out, wsframe::BINARY, wire.len());
+            out.extend_from_slice(&wire);
+        } else {
+            m.bytes_wire.increment(payload.len() as u64);
+            wsframe::header_into(&mut out, wsframe::TEXT, payload.len());
+            out.extend_from_slice(payload);
+        }
+        let mut slices = [IoSlice::new(&out)];
+        write_all_vectored(&mut self.ws, &mut slices)
+            .await
+            .map_err(|_| Stop::Dropped)
     }
 
     /// Drain: op 7, then a resumable close.
@@ -684,6 +732,49 @@ pub async fn reap_expired(shared: Arc<Shared>, stop: CancellationToken) {
             let _ = shared.hub.send(HubInput::Leave { session }).await;
         }
     }
+}
+
+/// Where a framed dispatch's bytes live until the batch is written.
+enum Planned {
+    /// Header and prefix in scratch, then the shared body, then `}`.
+    Plain { head: (usize, usize) },
+    /// Header in scratch, then this connection's compressed bytes.
+    Compressed { head: (usize, usize), index: usize },
+}
+
+impl Planned {
+    fn parts<'a>(&self, body: &'a [u8], compressed: &'a [Vec<u8>]) -> Vec<Part<'a>> {
+        match *self {
+            Planned::Plain { head: (s, e) } => vec![
+                Part::Scratch(s, e),
+                Part::Bytes(body),
+                Part::Bytes(frame::DISPATCH_SUFFIX),
+            ],
+            Planned::Compressed {
+                head: (s, e),
+                index,
+            } => vec![Part::Scratch(s, e), Part::Bytes(&compressed[index])],
+        }
+    }
+}
+
+/// Writes whole frames straight to the socket, past tungstenite, which keeps reading,
+/// answering pings and closing. Its own queue is flushed first so frames never interleave.
+async fn write_all_vectored(
+    ws: &mut WebSocketStream<TcpStream>,
+    slices: &mut [IoSlice<'_>],
+) -> std::io::Result<()> {
+    ws.flush().await.map_err(std::io::Error::other)?;
+    let stream = ws.get_mut();
+    let mut slices = slices;
+    while !slices.is_empty() {
+        let n = stream.write_vectored(slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut slices, n);
+    }
+    Ok(())
 }
 
 fn unix_now() -> u64 {

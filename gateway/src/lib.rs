@@ -37,6 +37,7 @@
 //! - [`api`] — HTTP publish and the Discord REST shim; [`grpc`]: the gRPC publish service.
 //! - [`admin`] — metrics, health, readiness, drain.
 //! - [`metrics`] — metric names and handles.
+//! - [`wsframe`] — outbound WebSocket framing for `writev` from shared bytes.
 
 pub mod admin;
 pub mod api;
@@ -48,6 +49,7 @@ pub mod limits;
 pub mod metrics;
 pub mod node;
 pub mod session;
+pub mod wsframe;
 
 pub use config::{Config, ServeArgs};
 pub use node::{Listeners, Node, start};

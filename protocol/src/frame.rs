@@ -50,15 +50,25 @@ pub const DISPATCH_OVERHEAD: usize = 48;
 /// checks with [`is_valid_event_type`]; `body` must be JSON.
 pub fn dispatch_into(out: &mut Vec<u8>, seq: Seq, event_type: &str, body: &[u8]) {
     out.reserve(DISPATCH_OVERHEAD + event_type.len() + body.len());
+    dispatch_prefix_into(out, seq, event_type);
+    out.extend_from_slice(body);
+    out.extend_from_slice(DISPATCH_SUFFIX);
+}
+
+/// Writes only the part of a dispatch before its body, `{"op":0,"s":seq,"t":"T","d":`; the
+/// frame is this, the body, then [`DISPATCH_SUFFIX`]. A server can then send the one shared
+/// body to every session and write only this prefix per session.
+pub fn dispatch_prefix_into(out: &mut Vec<u8>, seq: Seq, event_type: &str) {
     out.extend_from_slice(br#"{"op":0,"s":"#);
     // Writing into a Vec cannot fail.
     let _ = write!(out, "{}", seq.0);
     out.extend_from_slice(br#","t":""#);
     out.extend_from_slice(event_type.as_bytes());
     out.extend_from_slice(br#"","d":"#);
-    out.extend_from_slice(body);
-    out.push(b'}');
 }
+
+/// What ends a dispatch after its body.
+pub const DISPATCH_SUFFIX: &[u8] = b"}";
 
 /// [`dispatch_into`] into a new buffer.
 pub fn dispatch(seq: Seq, event_type: &str, body: &[u8]) -> Vec<u8> {

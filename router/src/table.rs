@@ -29,9 +29,14 @@ struct TopicState<S> {
     log: VecDeque<SharedEvent>,
     /// Local subscribers, in a dense vector for fast fan-out.
     subscribers: Vec<S>,
-    /// Subscriber key -> index in `subscribers`.
-    index: HashMap<u128, usize>,
+    /// Subscriber key -> index in `subscribers`, built only past [`INDEX_THRESHOLD`]
+    /// subscribers: most topics (every user's) have one or two, and a scan is cheaper
+    /// than a hash map's memory for each.
+    index: Option<HashMap<u128, usize>>,
 }
+
+/// How many subscribers a topic has before it keeps a key index.
+const INDEX_THRESHOLD: usize = 16;
 
 impl<S> Default for TopicState<S> {
     fn default() -> Self {
@@ -39,8 +44,57 @@ impl<S> Default for TopicState<S> {
             seq: 0,
             log: VecDeque::new(),
             subscribers: Vec::new(),
-            index: HashMap::new(),
+            index: None,
         }
+    }
+}
+
+impl<S: Subscriber> TopicState<S> {
+    fn position(&self, key: u128) -> Option<usize> {
+        match &self.index {
+            Some(index) => index.get(&key).copied(),
+            None => self.subscribers.iter().position(|s| s.key() == key),
+        }
+    }
+
+    fn insert(&mut self, subscriber: S) -> bool {
+        let key = subscriber.key();
+        if self.position(key).is_some() {
+            return false;
+        }
+        if let Some(index) = &mut self.index {
+            index.insert(key, self.subscribers.len());
+        }
+        self.subscribers.push(subscriber);
+        if self.index.is_none() && self.subscribers.len() > INDEX_THRESHOLD {
+            let index = self
+                .subscribers
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.key(), i))
+                .collect();
+            self.index = Some(index);
+        }
+        true
+    }
+
+    fn remove(&mut self, key: u128) -> bool {
+        let Some(i) = self.position(key) else {
+            return false;
+        };
+        self.subscribers.swap_remove(i);
+        if let Some(index) = &mut self.index {
+            index.remove(&key);
+            if let Some(moved) = self.subscribers.get(i) {
+                index.insert(moved.key(), i);
+            }
+        }
+        if self.subscribers.is_empty() {
+            // Free the vector and the index of a topic nobody listens to any more.
+            self.subscribers = Vec::new();
+            self.index = None;
+        }
+        true
     }
 }
 
@@ -71,29 +125,14 @@ impl<S: Subscriber> TopicTable<S> {
 
     /// Subscribes `subscriber` to `topic`. Returns `false` if it already was.
     pub fn subscribe(&mut self, topic: Topic, subscriber: S) -> bool {
-        let state = self.topics.entry(topic).or_default();
-        let key = subscriber.key();
-        if state.index.contains_key(&key) {
-            return false;
-        }
-        state.index.insert(key, state.subscribers.len());
-        state.subscribers.push(subscriber);
-        true
+        self.topics.entry(topic).or_default().insert(subscriber)
     }
 
     /// Unsubscribes the subscriber with `key` from `topic`. Returns whether it was.
     pub fn unsubscribe(&mut self, topic: Topic, key: u128) -> bool {
-        let Some(state) = self.topics.get_mut(&topic) else {
-            return false;
-        };
-        let Some(i) = state.index.remove(&key) else {
-            return false;
-        };
-        state.subscribers.swap_remove(i);
-        if let Some(moved) = state.subscribers.get(i) {
-            state.index.insert(moved.key(), i);
-        }
-        true
+        self.topics
+            .get_mut(&topic)
+            .is_some_and(|state| state.remove(key))
     }
 
     /// The local subscribers of `topic`.
@@ -107,7 +146,7 @@ impl<S: Subscriber> TopicTable<S> {
     pub fn is_subscribed(&self, topic: Topic, key: u128) -> bool {
         self.topics
             .get(&topic)
-            .is_some_and(|s| s.index.contains_key(&key))
+            .is_some_and(|s| s.position(key).is_some())
     }
 
     /// The last sequence number of `topic` (0 if nothing was published).
@@ -229,6 +268,24 @@ mod tests {
         assert!(t.is_subscribed(G, 3) && !t.is_subscribed(G, 0));
         assert!(t.unsubscribe(G, 3) && t.unsubscribe(G, 2));
         assert!(t.subscribers(G).is_empty());
+    }
+
+    #[test]
+    fn large_topics_switch_to_an_index_and_stay_consistent() {
+        let mut t = TopicTable::new(0);
+        for k in 0..100 {
+            assert!(t.subscribe(G, Sub(k)));
+        }
+        assert!(!t.subscribe(G, Sub(50)));
+        for k in (0..100).step_by(3) {
+            assert!(t.unsubscribe(G, k));
+        }
+        for k in 0..100 {
+            assert_eq!(t.is_subscribed(G, k), k % 3 != 0, "{k}");
+        }
+        let mut keys: Vec<u128> = t.subscribers(G).iter().map(|s| s.0).collect();
+        keys.sort();
+        assert_eq!(keys, (0..100).filter(|k| k % 3 != 0).collect::<Vec<_>>());
     }
 
     #[test]
