@@ -20,6 +20,12 @@
 //!   [`codec::Encoder`] compresses outbound messages (one zlib or zstd context per
 //!   connection) and [`codec::Decoder`] is the matching client side.
 //! - [`intents`] — the intent bits, their validation, and which intent each event needs.
+//! - [`zstd_dict`] — `compress=zstd-dict`: each event body compressed once per node against
+//!   a trained [`zstd_dict::Dictionary`], the same bytes sent to every session behind a
+//!   tiny per-session header; [`zstd_dict::Decoder`] is the client side. The module doc is
+//!   the frame format spec.
+//! - [`corpus`] — a seeded generator of realistic gateway dispatches (and a reader for
+//!   captures), for training dictionaries and benchmarking the codecs.
 //! - The `.proto` files of the gRPC services live in `proto/` ([`PROTO_DIR`]); the crates
 //!   that serve or call them compile them with `protox` (no `protoc` needed).
 //!
@@ -38,15 +44,19 @@
 //! - [`token`] — client tokens.
 //! - [`intents`] — gateway intents.
 //! - [`codec`] — transport compression (`zlib-stream`, `zstd-stream`).
+//! - [`zstd_dict`] — transport compression `zstd-dict` (frame format, dictionaries).
+//! - [`corpus`] — generated and captured gateway event corpora.
 
 pub mod codec;
 pub mod command;
+pub mod corpus;
 pub mod frame;
 pub mod ids;
 pub mod intents;
 pub mod opcode;
 pub mod payload;
 pub mod token;
+pub mod zstd_dict;
 
 pub use command::{ClientCommand, DecodeError, GuildActivity, Identify, Resume};
 pub use ids::{GuildId, Seq, SessionId, UserId};
