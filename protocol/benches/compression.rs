@@ -1,5 +1,5 @@
 //! Transport compression on a generated gateway corpus: every mode's bytes per event, CPU
-//! per delivery at several fan-outs, and memory (the table in BENCHMARKS-zstd-dict.md),
+//! per delivery at several fan-outs, and memory (the table in BENCHMARKS.md ("zstd-dict codec")),
 //! then criterion timings of the zstd-dict hot paths.
 //!
 //! `cargo bench -p concord-protocol --bench compression`

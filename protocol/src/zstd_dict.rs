@@ -102,7 +102,7 @@ pub const FORMAT_VERSION: u8 = 0xC1;
 pub const MAX_HEADER_LEN: usize = 1 + 4 + 10;
 
 /// The zstd level of [`Dictionary::from_bytes`]. Measured on the generated corpus
-/// (BENCHMARKS-zstd-dict.md): level 3 is within 1% of level 9's bytes at a fifth of its
+/// (BENCHMARKS.md ("zstd-dict codec")): level 3 is within 1% of level 9's bytes at a fifth of its
 /// CPU; levels 15-19 save about 9% more bytes for 20-60 times the CPU, which only pays at
 /// very large fan-out. Use [`Dictionary::with_level`] to choose.
 pub const DEFAULT_LEVEL: i32 = 3;
@@ -747,7 +747,7 @@ impl Decoder {
 }
 
 /// Measures every transport mode on a generated (or captured) corpus: the figures behind
-/// BENCHMARKS-zstd-dict.md, printed by `cargo bench -p concord-protocol --bench
+/// BENCHMARKS.md ("zstd-dict codec"), printed by `cargo bench -p concord-protocol --bench
 /// compression` and meant for a `concord dict bench` command.
 ///
 /// This is a benchmark harness, so unlike the rest of the crate it reads the clock.
