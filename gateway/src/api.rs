@@ -11,6 +11,7 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use bytes::Bytes;
 use concord_protocol::token::{self, Claims};
+use concord_protocol::zstd_dict::{DictId, DictSet};
 use concord_protocol::{CurrentUser, GuildId, UserId, frame};
 use concord_router::Topic;
 use serde::Deserialize;
@@ -29,6 +30,8 @@ pub struct ApiState {
     pub hub: HubHandle,
     /// The gateway URL clients connect to.
     pub public_url: String,
+    /// The zstd-dict dictionaries this node serves.
+    pub dicts: Arc<DictSet>,
 }
 
 /// An API error, answered as `{"code": ..., "message": ...}`.
@@ -77,6 +80,8 @@ pub fn router(state: ApiState) -> Router {
             "/v1/guilds/{guild_id}/members/{user_id}",
             put(add_member).delete(remove_member),
         )
+        .route("/v1/dictionaries", get(list_dictionaries))
+        .route("/v1/dictionaries/{id}", get(dictionary))
         .route("/api/v10/gateway", get(gateway))
         .route("/api/v10/gateway/bot", get(gateway_bot))
         .route("/api/v10/users/@me", get(users_me))
@@ -212,6 +217,36 @@ async fn set_member(
         .set_member(GuildId(guild), UserId(user), member)
         .await?;
     Ok((StatusCode::OK, Json(json!({ "sessions": sessions }))).into_response())
+}
+
+async fn list_dictionaries(State(s): State<ApiState>) -> Json<serde_json::Value> {
+    let list: Vec<_> = s
+        .dicts
+        .iter()
+        .map(|d| json!({"id": d.id().0, "size": d.bytes().len()}))
+        .collect();
+    let newest = s.dicts.newest().map(|d| d.id().0);
+    Json(json!({"dictionaries": list, "newest": newest}))
+}
+
+/// The raw dictionary bytes, for clients of `compress=zstd-dict`. Dictionaries never
+/// change under an id, so they may be cached forever.
+async fn dictionary(State(s): State<ApiState>, Path(id): Path<u32>) -> Response {
+    match s.dicts.find(DictId(id)) {
+        Some(d) => (
+            [
+                (header::CONTENT_TYPE, "application/octet-stream"),
+                (header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
+            ],
+            Bytes::copy_from_slice(d.bytes()),
+        )
+            .into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"code": 10_004, "message": format!("unknown dictionary {id}")})),
+        )
+            .into_response(),
+    }
 }
 
 async fn gateway(State(s): State<ApiState>) -> Json<serde_json::Value> {

@@ -147,6 +147,13 @@ pub struct ServeArgs {
     /// Log filter, tracing-subscriber syntax [default: info].
     #[arg(long, env = "CONCORD_LOG")]
     pub log: Option<String>,
+    /// zstd-dict dictionaries to serve besides the shipped one; the last is the newest
+    /// (what clients that name none get). Comma-separated in the environment.
+    #[arg(long = "dict", env = "CONCORD_DICTS", value_delimiter = ',')]
+    pub dicts: Option<Vec<PathBuf>>,
+    /// The API URL clients are told to download dictionaries from [default: http://<api-listen>].
+    #[arg(long, env = "CONCORD_PUBLIC_API_URL")]
+    pub public_api_url: Option<String>,
 }
 
 macro_rules! fill_from {
@@ -191,7 +198,7 @@ impl ServeArgs {
             publish_secret, heartbeat_interval, resume_window, replay_max_events,
             replay_max_bytes, session_queue, guild_log_events, max_connections,
             identify_max_concurrency, handshake_timeout, drain_grace, zstd,
-            max_event_bytes, log);
+            max_event_bytes, log, dicts, public_api_url);
         Ok(self)
     }
 
@@ -257,6 +264,8 @@ impl ServeArgs {
             },
             max_event_bytes: self.max_event_bytes.unwrap_or(256 * 1024),
             log: self.log.unwrap_or_else(|| "info".into()),
+            dicts: self.dicts.unwrap_or_default(),
+            public_api_url: self.public_api_url,
         };
         if config.heartbeat_interval < Duration::from_millis(100) {
             return Err(ConfigError::Invalid(
@@ -315,6 +324,10 @@ pub struct Config {
     pub max_event_bytes: usize,
     /// Log filter.
     pub log: String,
+    /// Extra zstd-dict dictionary files.
+    pub dicts: Vec<PathBuf>,
+    /// Advertised API URL; `None` means `http://<bound API address>`.
+    pub public_api_url: Option<String>,
 }
 
 impl Config {

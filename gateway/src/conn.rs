@@ -11,9 +11,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use concord_protocol::codec::{Compression, Encoder};
+use concord_protocol::zstd_dict::{self, BodyCompressor, DictId, DictSet, Dictionary, SharedBody};
 use concord_protocol::{
-    CloseCode, CurrentUser, GATEWAY_VERSION, GuildId, Identify, Ready, ReadyApplication, Resume,
-    Seq, SessionId, UnavailableGuild, frame, intents, token,
+    CloseCode, CurrentUser, GATEWAY_VERSION, GuildId, Identify, Ready, ReadyApplication,
+    ReadyDictionary, Resume, Seq, SessionId, UnavailableGuild, frame, intents, token,
 };
 use concord_router::Event;
 use futures_util::{SinkExt, StreamExt};
@@ -58,6 +59,10 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Cancelled when the node drains: every connection sends op 7 and closes.
     pub drain: CancellationToken,
+    /// The zstd-dict dictionaries this node serves, oldest first.
+    pub dicts: Arc<DictSet>,
+    /// Where clients download dictionaries (`<public API URL>/v1/dictionaries/`).
+    pub dict_url_base: String,
 }
 
 /// The WebSocket settings: a small read buffer and a 4096-byte message cap (DESIGN's
@@ -115,6 +120,17 @@ struct GatewayQuery {
     v: Option<String>,
     encoding: Option<String>,
     compress: Option<String>,
+    dict: Option<String>,
+}
+
+/// What a connection's messages look like on the wire.
+#[derive(Debug, PartialEq)]
+enum Transport {
+    /// Text JSON, or one zlib/zstd stream per connection.
+    Stream(Compression),
+    /// `zstd-dict`: bodies compressed once per node against a dictionary; `None` asks for
+    /// the newest.
+    Dict(Option<u32>),
 }
 
 impl GatewayQuery {
@@ -126,6 +142,7 @@ impl GatewayQuery {
                 "v" => q.v = Some(v.to_owned()),
                 "encoding" => q.encoding = Some(v.to_owned()),
                 "compress" => q.compress = Some(v.to_owned()),
+                "dict" => q.dict = Some(v.to_owned()),
                 _ => {}
             }
         }
@@ -133,7 +150,7 @@ impl GatewayQuery {
     }
 
     /// The transport, or the close code to refuse the connection with.
-    fn check(&self) -> Result<Compression, CloseCode> {
+    fn check(&self) -> Result<Transport, CloseCode> {
         if self
             .v
             .as_deref()
@@ -144,7 +161,18 @@ impl GatewayQuery {
         if self.encoding.as_deref().is_some_and(|e| e != "json") {
             return Err(CloseCode::DecodeError);
         }
-        Compression::from_query(self.compress.as_deref()).map_err(|_| CloseCode::DecodeError)
+        if self.compress.as_deref() == Some("zstd-dict") {
+            return match self.dict.as_deref() {
+                None | Some("") => Ok(Transport::Dict(None)),
+                Some(id) => id
+                    .parse()
+                    .map(|id| Transport::Dict(Some(id)))
+                    .map_err(|_| CloseCode::DecodeError),
+            };
+        }
+        Compression::from_query(self.compress.as_deref())
+            .map(Transport::Stream)
+            .map_err(|_| CloseCode::DecodeError)
     }
 }
 
@@ -174,6 +202,7 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) {
     let mut conn = Connection {
         ws,
         encoder: Encoder::new(Compression::None, shared.config.zstd).ok(),
+        dict: None,
         machine: Machine::new(Instant::now(), shared.config.heartbeat_interval),
         attached: None,
         shared: shared.clone(),
@@ -202,6 +231,8 @@ enum Stop {
 struct Connection {
     ws: WebSocketStream<TcpStream>,
     encoder: Option<Encoder>,
+    /// Set in `zstd-dict` mode (then `encoder` stays the uncompressed one, unused).
+    dict: Option<Dictionary>,
     machine: Machine,
     attached: Option<Attached>,
     shared: Arc<Shared>,
@@ -211,18 +242,37 @@ impl Connection {
     async fn run(&mut self, query: GatewayQuery) {
         let stop = match query.check() {
             Err(code) => Err(code),
-            Ok(mode) => match Encoder::new(mode, self.shared.config.zstd) {
+            Ok(Transport::Stream(mode)) => match Encoder::new(mode, self.shared.config.zstd) {
                 Ok(enc) => {
                     self.encoder = Some(enc);
                     Ok(())
                 }
                 Err(_) => Err(CloseCode::UnknownError),
             },
+            Ok(Transport::Dict(id)) => {
+                let dicts = &self.shared.dicts;
+                let dict = match id {
+                    Some(id) => dicts.find(DictId(id)),
+                    None => dicts.newest(),
+                };
+                match dict {
+                    Some(d) => {
+                        self.dict = Some(d.clone());
+                        Ok(())
+                    }
+                    // An unknown dictionary id is a bad query, like an unknown mode.
+                    None => Err(CloseCode::DecodeError),
+                }
+            }
         };
         let stop = match stop {
             Err(code) => self.close(code).await,
             Ok(()) => {
-                let hello = frame::hello(self.shared.config.heartbeat_interval.as_millis() as u64);
+                let ids: Vec<u32> = self.shared.dicts.iter().map(|d| d.id().0).collect();
+                let hello = frame::hello_with_dictionaries(
+                    self.shared.config.heartbeat_interval.as_millis() as u64,
+                    &ids,
+                );
                 match self.send_control(hello.as_bytes()).await {
                     Ok(()) => self.event_loop().await,
                     Err(s) => s,
@@ -375,6 +425,16 @@ impl Connection {
                 id: claims.user_id(),
                 flags: 0,
             },
+            dictionaries: self
+                .shared
+                .dicts
+                .iter()
+                .map(|d| ReadyDictionary {
+                    id: d.id().0,
+                    size: d.bytes().len(),
+                    url: format!("{}{}", self.shared.dict_url_base, d.id()),
+                })
+                .collect(),
         };
         let body = serde_json::to_vec(&ready).unwrap_or_default();
         let kicked = CancellationToken::new();
@@ -524,7 +584,7 @@ impl Connection {
             };
             let now = Instant::now();
             let mut scratch = Vec::with_capacity(batch.len() * 64);
-            let mut compressed: Vec<Vec<u8>> = Vec::new();
+            let mut compressed: Vec<Bytes> = Vec::new();
             let mut plan = Vec::with_capacity(batch.len());
             for (seq, event) in &batch {
                 if event.topic.is_some() {
@@ -564,13 +624,40 @@ impl Connection {
         seq: Seq,
         event: &concord_router::Event,
         scratch: &mut Vec<u8>,
-        compressed: &mut Vec<Vec<u8>>,
+        compressed: &mut Vec<Bytes>,
     ) -> Result<Planned, Stop> {
         let m = &self.shared.metrics;
+        let start = scratch.len();
+        if let Some(dict) = &self.dict {
+            // The body is compressed once per node per dictionary and shared; only the
+            // few header bytes are this session's.
+            let (body, fresh) = event
+                .dict_body(dict.id(), || {
+                    dict_compress(dict, 0, Some(&event.event_type), &event.body)
+                })
+                .map_err(|_| Stop::Dropped)?;
+            if fresh {
+                crate::metrics::dict_compression(
+                    &event.event_type,
+                    body.content_len(),
+                    body.frame().len(),
+                );
+            }
+            let header = zstd_dict::header(dict.id(), Some(seq));
+            let len = header.as_bytes().len() + body.frame().len();
+            m.bytes_raw.increment((body.content_len() + 16) as u64);
+            m.bytes_wire.increment(len as u64);
+            wsframe::header_into(scratch, wsframe::BINARY, len);
+            scratch.extend_from_slice(header.as_bytes());
+            compressed.push(body.frame().clone());
+            return Ok(Planned::Compressed {
+                head: (start, scratch.len()),
+                index: compressed.len() - 1,
+            });
+        }
         let Some(encoder) = self.encoder.as_mut() else {
             return Err(Stop::Dropped);
         };
-        let start = scratch.len();
         if encoder.is_binary() {
             let mut frame = Vec::new();
             frame::dispatch_into(&mut frame, seq, &event.event_type, &event.body);
@@ -581,7 +668,7 @@ impl Connection {
             m.bytes_raw.increment(frame.len() as u64);
             m.bytes_wire.increment(wire.len() as u64);
             wsframe::header_into(scratch, wsframe::BINARY, wire.len());
-            compressed.push(wire);
+            compressed.push(Bytes::from(wire));
             Ok(Planned::Compressed {
                 head: (start, scratch.len()),
                 index: compressed.len() - 1,
@@ -608,7 +695,17 @@ impl Connection {
         };
         m.bytes_raw.increment(payload.len() as u64);
         let mut out = Vec::with_capacity(payload.len() + 10);
-        if encoder.is_binary() {
+        if let Some(dict) = &self.dict {
+            // Control frames are rare: compress each on its own.
+            let (op, d) = control_parts(payload).ok_or(Stop::Dropped)?;
+            let body = dict_compress(dict, op, None, d).map_err(|_| Stop::Dropped)?;
+            let header = zstd_dict::header(dict.id(), None);
+            let len = header.as_bytes().len() + body.frame().len();
+            m.bytes_wire.increment(len as u64);
+            wsframe::header_into(&mut out, wsframe::BINARY, len);
+            out.extend_from_slice(header.as_bytes());
+            out.extend_from_slice(body.frame());
+        } else if encoder.is_binary() {
             let mut wire = Vec::with_capacity(payload.len() + 16);
             encoder
                 .encode(payload, &mut wire)
@@ -743,7 +840,7 @@ enum Planned {
 }
 
 impl Planned {
-    fn parts<'a>(&self, body: &'a [u8], compressed: &'a [Vec<u8>]) -> Vec<Part<'a>> {
+    fn parts<'a>(&self, body: &'a [u8], compressed: &'a [Bytes]) -> Vec<Part<'a>> {
         match *self {
             Planned::Plain { head: (s, e) } => vec![
                 Part::Scratch(s, e),
@@ -756,6 +853,44 @@ impl Planned {
             } => vec![Part::Scratch(s, e), Part::Bytes(&compressed[index])],
         }
     }
+}
+
+thread_local! {
+    /// One zstd-dict body compressor per worker thread: its context is reused for every
+    /// event, and no connection owns one.
+    static DICT_COMPRESSOR: std::cell::RefCell<Option<BodyCompressor>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Compresses `{"op":op,"t":t,"d":d}` against `dict` with this thread's compressor.
+fn dict_compress(
+    dict: &Dictionary,
+    op: u8,
+    t: Option<&str>,
+    d: &[u8],
+) -> Result<SharedBody, zstd_dict::EncodeError> {
+    DICT_COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(BodyCompressor::new(zstd_dict::DEFAULT_LEVEL)?);
+        }
+        match slot.as_mut() {
+            Some(c) => c.compress(Some(dict), op, t, d),
+            None => Err(zstd_dict::EncodeError::Zstd("no compressor")),
+        }
+    })
+}
+
+/// The `op` and raw `d` of a control envelope this node built.
+fn control_parts(payload: &[u8]) -> Option<(u8, &[u8])> {
+    #[derive(serde::Deserialize)]
+    struct Control<'a> {
+        op: u8,
+        #[serde(borrow)]
+        d: &'a serde_json::value::RawValue,
+    }
+    let c: Control<'_> = serde_json::from_slice(payload).ok()?;
+    Some((c.op, c.d.get().as_bytes()))
 }
 
 /// Writes whole frames straight to the socket, past tungstenite, which keeps reading,
@@ -790,8 +925,23 @@ mod tests {
     #[test]
     fn query_checks() {
         let ok = GatewayQuery::parse("v=10&encoding=json&compress=zstd-stream");
-        assert_eq!(ok.check(), Ok(Compression::ZstdStream));
-        assert_eq!(GatewayQuery::parse("").check(), Ok(Compression::None));
+        assert_eq!(ok.check(), Ok(Transport::Stream(Compression::ZstdStream)));
+        assert_eq!(
+            GatewayQuery::parse("").check(),
+            Ok(Transport::Stream(Compression::None))
+        );
+        assert_eq!(
+            GatewayQuery::parse("compress=zstd-dict&dict=42").check(),
+            Ok(Transport::Dict(Some(42)))
+        );
+        assert_eq!(
+            GatewayQuery::parse("compress=zstd-dict").check(),
+            Ok(Transport::Dict(None))
+        );
+        assert_eq!(
+            GatewayQuery::parse("compress=zstd-dict&dict=x").check(),
+            Err(CloseCode::DecodeError)
+        );
         assert_eq!(
             GatewayQuery::parse("v=9").check(),
             Err(CloseCode::InvalidApiVersion)

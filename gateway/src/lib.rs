@@ -36,6 +36,7 @@
 //! - [`limits`] — the identify rate limiter.
 //! - [`api`] — HTTP publish and the Discord REST shim; [`grpc`]: the gRPC publish service.
 //! - [`admin`] — metrics, health, readiness, drain.
+//! - [`dict_cli`] — `concord dict corpus|train|bench`.
 //! - [`metrics`] — metric names and handles.
 //! - [`wsframe`] — outbound WebSocket framing for `writev` from shared bytes.
 
@@ -43,6 +44,7 @@ pub mod admin;
 pub mod api;
 pub mod config;
 pub mod conn;
+pub mod dict_cli;
 pub mod grpc;
 pub mod hub;
 pub mod limits;

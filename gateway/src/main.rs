@@ -25,6 +25,11 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Mint a client token.
     Token(TokenArgs),
+    /// zstd-dict dictionaries: build a corpus, train, benchmark.
+    Dict {
+        #[command(subcommand)]
+        command: concord_gateway::dict_cli::DictCommand,
+    },
 }
 
 #[derive(Args)]
@@ -65,6 +70,7 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Dict { command } => concord_gateway::dict_cli::run(command),
         Command::Serve(args) => {
             let config = (*args).with_file()?.resolve()?;
             init_tracing(&config.log);

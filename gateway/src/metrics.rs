@@ -101,3 +101,45 @@ pub fn close(code: u16) {
 pub fn handshake_timeout() {
     counter!("concord_handshake_timeouts_total").increment(1);
 }
+
+/// Counts one zstd-dict body compression (once per node per event and dictionary), with
+/// the bytes before and after by event type. Unknown event types share one label, so
+/// publishers cannot grow the label set.
+pub fn dict_compression(event_type: &str, raw: usize, compressed: usize) {
+    let t = known_event_type(event_type);
+    counter!("concord_dict_compressions_total").increment(1);
+    counter!("concord_dict_body_bytes_total", "t" => t, "stage" => "raw").increment(raw as u64);
+    counter!("concord_dict_body_bytes_total", "t" => t, "stage" => "compressed")
+        .increment(compressed as u64);
+    counter!("concord_dict_bytes_saved_total").increment(raw.saturating_sub(compressed) as u64);
+}
+
+fn known_event_type(t: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "READY",
+        "RESUMED",
+        "GUILD_CREATE",
+        "GUILD_DELETE",
+        "GUILD_MEMBERS_CHUNK",
+        "MESSAGE_CREATE",
+        "MESSAGE_UPDATE",
+        "MESSAGE_DELETE",
+        "MESSAGE_REACTION_ADD",
+        "MESSAGE_REACTION_REMOVE",
+        "TYPING_START",
+        "PRESENCE_UPDATE",
+        "GUILD_MEMBER_ADD",
+        "GUILD_MEMBER_UPDATE",
+        "GUILD_MEMBER_REMOVE",
+        "VOICE_STATE_UPDATE",
+        "CHANNEL_CREATE",
+        "CHANNEL_UPDATE",
+        "CHANNEL_DELETE",
+        "THREAD_CREATE",
+        "THREAD_UPDATE",
+        "GUILD_ROLE_CREATE",
+        "GUILD_ROLE_UPDATE",
+        "GUILD_UPDATE",
+    ];
+    KNOWN.iter().copied().find(|k| *k == t).unwrap_or("other")
+}

@@ -10,6 +10,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use concord_protocol::zstd_dict::{DictSet, Dictionary};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -96,6 +97,11 @@ pub async fn start(config: Config, listeners: Listeners) -> io::Result<Node> {
         .public_url
         .clone()
         .unwrap_or_else(|| format!("ws://{client_addr}"));
+    let public_api_url = config
+        .public_api_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{api_addr}"));
+    let dicts = Arc::new(load_dictionaries(&config.dicts)?);
 
     let (hub, hub_task) = Hub::new(
         config.guild_log_events,
@@ -114,6 +120,8 @@ pub async fn start(config: Config, listeners: Listeners) -> io::Result<Node> {
         identify_limiter: Mutex::new(IdentifyLimiter::new(config.identify_max_concurrency)),
         metrics,
         drain: drain.clone(),
+        dicts: dicts.clone(),
+        dict_url_base: format!("{public_api_url}/v1/dictionaries/"),
     });
 
     let connections = TaskTracker::new();
@@ -134,6 +142,7 @@ pub async fn start(config: Config, listeners: Listeners) -> io::Result<Node> {
         config: config.clone(),
         hub,
         public_url: public_url.clone(),
+        dicts,
     })
     .merge(grpc);
     let api_server = tokio::spawn(
@@ -185,4 +194,60 @@ pub async fn start(config: Config, listeners: Listeners) -> io::Result<Node> {
         drain,
         done,
     })
+}
+
+/// The shipped dictionary, then every `--dict` file (the last is the newest). Each one is
+/// prepared now, so a bad file stops the node at startup instead of failing clients.
+pub fn load_dictionaries(paths: &[std::path::PathBuf]) -> io::Result<DictSet> {
+    let mut set = DictSet::new();
+    set.insert(Dictionary::default_shipped());
+    for path in paths {
+        let bytes = std::fs::read(path).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot read dictionary {}: {e}", path.display()),
+            )
+        })?;
+        let dict = Dictionary::from_bytes(bytes)
+            .map_err(|e| io::Error::other(format!("invalid dictionary {}: {e}", path.display())))?;
+        set.insert(dict);
+    }
+    for dict in set.iter() {
+        let bytes = dict.prepare_encoder().map_err(|e| {
+            io::Error::other(format!("cannot prepare dictionary {}: {e}", dict.id()))
+        })?;
+        tracing::info!(id = %dict.id(), size = dict.bytes().len(), prepared_bytes = bytes, "zstd-dict dictionary loaded");
+    }
+    Ok(set)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dictionaries_load_newest_last_and_bad_files_fail_fast() {
+        let dir = std::env::temp_dir().join(format!("concord-dicts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let raw = dir.join("raw.dict");
+        std::fs::write(
+            &raw,
+            b"{\"op\":0,\"t\":\"MESSAGE_CREATE\",\"d\":{\"content\":\"",
+        )
+        .unwrap();
+        let set = load_dictionaries(std::slice::from_ref(&raw)).unwrap();
+        assert_eq!(set.len(), 2);
+        assert_ne!(
+            set.newest().unwrap().id(),
+            Dictionary::default_shipped().id()
+        );
+
+        let missing = dir.join("missing.dict");
+        let err = load_dictionaries(&[missing]).unwrap_err();
+        assert!(err.to_string().contains("missing.dict"), "{err}");
+        let empty = dir.join("empty.dict");
+        std::fs::write(&empty, b"").unwrap();
+        assert!(load_dictionaries(&[empty]).is_err());
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

@@ -624,3 +624,147 @@ async fn drain_sends_reconnect_and_stops() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn zstd_dict_sends_every_session_the_same_compressed_body() {
+    use concord_protocol::zstd_dict::{self, DictSet, Dictionary};
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let cfg = config();
+    let node = start(cfg.clone()).await;
+    let publisher = Publisher::new(&node, &cfg);
+    let shipped = Dictionary::default_shipped();
+    let dicts: DictSet = [shipped.clone()].into_iter().collect();
+
+    // A dictionary the node does not have: 4002.
+    let url = format!(
+        "ws://{}/?v=10&encoding=json&compress=zstd-dict&dict=12345",
+        node.client_addr
+    );
+    let (mut bad, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let code = loop {
+        match bad.next().await {
+            Some(Ok(Message::Close(f))) => break f.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            _ => break None,
+        }
+    };
+    assert_eq!(code, Some(4002));
+
+    let url = format!(
+        "ws://{}/?v=10&encoding=json&compress=zstd-dict&dict={}",
+        node.client_addr,
+        shipped.id()
+    );
+    let mut sessions = Vec::new();
+    for uid in [1, 2] {
+        let (mut ws, _) = tokio_tungstenite::connect_async(url.clone()).await.unwrap();
+        let mut decoder = zstd_dict::Decoder::new(1 << 20);
+        let next = async |ws: &mut tokio_tungstenite::WebSocketStream<_>,
+                          decoder: &mut zstd_dict::Decoder|
+               -> (Vec<u8>, serde_json::Value) {
+            loop {
+                let msg = tokio::time::timeout(common::WAIT, ws.next())
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .unwrap();
+                if let Message::Binary(b) = msg {
+                    let mut out = Vec::new();
+                    decoder.decode(&b, &dicts, &mut out).unwrap();
+                    return (b.to_vec(), serde_json::from_slice(&out).unwrap());
+                }
+            }
+        };
+        let (_, hello) = next(&mut ws, &mut decoder).await;
+        assert_eq!(hello["op"], 10);
+        assert_eq!(hello["d"]["dictionaries"], json!([shipped.id().0]));
+        let identify = json!({"op": 2, "d": {"token": token(&cfg, uid, &[9]), "intents": 513, "properties": {}}});
+        ws.send(Message::text(identify.to_string())).await.unwrap();
+        let (_, ready) = next(&mut ws, &mut decoder).await;
+        assert_eq!(
+            (ready["t"].as_str(), ready["s"].as_u64()),
+            (Some("READY"), Some(1))
+        );
+        let listed = &ready["d"]["dictionaries"][0];
+        assert_eq!(listed["id"], shipped.id().0);
+        let bytes = reqwest::get(listed["url"].as_str().unwrap())
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(
+            &bytes[..],
+            shipped.bytes(),
+            "the node serves the dictionary it lists"
+        );
+        let (_, gc) = next(&mut ws, &mut decoder).await;
+        assert_eq!(gc["t"], "GUILD_CREATE");
+        sessions.push((ws, decoder));
+    }
+
+    let bodies: Vec<Vec<u8>> = (1..=3)
+        .map(|n| format!(r#"{{"n":{n}}}"#).into_bytes())
+        .collect();
+    for n in 1..=3 {
+        publisher.guild(9, "MESSAGE_CREATE", json!({"n": n})).await;
+    }
+    let mut wire: Vec<Vec<Vec<u8>>> = Vec::new();
+    for (ws, decoder) in &mut sessions {
+        let mut got = Vec::new();
+        for n in 1..=3u64 {
+            let msg = loop {
+                let m = tokio::time::timeout(common::WAIT, ws.next())
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .unwrap();
+                if let Message::Binary(b) = m {
+                    break b;
+                }
+            };
+            let mut out = Vec::new();
+            let header = decoder.decode(&msg, &dicts, &mut out).unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(
+                (v["op"].as_u64(), v["s"].as_u64(), v["d"]["n"].as_u64()),
+                (Some(0), Some(2 + n), Some(n))
+            );
+            got.push(header.body.to_vec());
+        }
+        wire.push(got);
+    }
+    assert_eq!(
+        wire[0], wire[1],
+        "both sessions got the very same compressed bodies"
+    );
+
+    // Compressed once per node, not once per session: the raw-bytes counter saw each
+    // MESSAGE_CREATE body once.
+    let expected: usize = bodies
+        .iter()
+        .map(|d| {
+            zstd_dict::body_json(0, Some("MESSAGE_CREATE"), d)
+                .unwrap()
+                .len()
+        })
+        .sum();
+    let metrics = reqwest::get(format!("http://{}/metrics", node.admin_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let raw: f64 = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("concord_dict_body_bytes_total")
+                && l.contains("stage=\"raw\"")
+                && l.contains("t=\"MESSAGE_CREATE\"")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap();
+    assert_eq!(raw as usize, expected, "{metrics}");
+}

@@ -17,6 +17,19 @@ pub fn hello(heartbeat_interval_ms: u64) -> String {
     )
 }
 
+/// Op 10 Hello that also lists the `zstd-dict` dictionary ids the node serves (oldest
+/// first), for clients that pick a dictionary before identifying.
+pub fn hello_with_dictionaries(heartbeat_interval_ms: u64, dictionaries: &[u32]) -> String {
+    if dictionaries.is_empty() {
+        return hello(heartbeat_interval_ms);
+    }
+    let ids: Vec<String> = dictionaries.iter().map(u32::to_string).collect();
+    format!(
+        r#"{{"op":10,"d":{{"heartbeat_interval":{heartbeat_interval_ms},"dictionaries":[{}]}},"s":null,"t":null}}"#,
+        ids.join(",")
+    )
+}
+
 /// Op 11 Heartbeat ACK.
 pub fn heartbeat_ack() -> &'static str {
     r#"{"op":11,"d":null,"s":null,"t":null}"#

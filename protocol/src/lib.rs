@@ -61,7 +61,7 @@ pub mod zstd_dict;
 pub use command::{ClientCommand, DecodeError, GuildActivity, Identify, Resume};
 pub use ids::{GuildId, Seq, SessionId, UserId};
 pub use opcode::{CloseCode, OpCode};
-pub use payload::{CurrentUser, Ready, ReadyApplication, UnavailableGuild};
+pub use payload::{CurrentUser, Ready, ReadyApplication, ReadyDictionary, UnavailableGuild};
 
 /// The gateway protocol version Concord speaks (Discord gateway v10).
 pub const GATEWAY_VERSION: u8 = 10;

@@ -22,6 +22,21 @@ pub struct Ready {
     pub shard: Option<[u32; 2]>,
     /// The application the token belongs to.
     pub application: ReadyApplication,
+    /// Concord: the `zstd-dict` dictionaries this node serves, oldest first (omitted
+    /// when empty).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dictionaries: Vec<ReadyDictionary>,
+}
+
+/// A dictionary listed in READY: its id (as `dict=` takes it), size and download URL.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReadyDictionary {
+    /// The id.
+    pub id: u32,
+    /// Its size in bytes.
+    pub size: usize,
+    /// Where to download it.
+    pub url: String,
 }
 
 /// The user object in READY. Some libraries reject a READY whose user lacks `flags` or

@@ -1,10 +1,11 @@
 //! Topics and events.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
+use concord_protocol::zstd_dict::{DictId, SharedBody};
 use concord_protocol::{GuildId, UserId, intents};
 
 /// What an event is published to.
@@ -41,6 +42,9 @@ pub struct Event {
     pub required_intent: Option<u64>,
     /// When the node accepted it, for publish-to-write latency.
     pub published_at: Instant,
+    /// Its `zstd-dict` bodies, one per dictionary, compressed by the first connection
+    /// that needed each and shared by every other (see [`Event::dict_body`]).
+    pub dict_bodies: Mutex<Vec<SharedBody>>,
 }
 
 /// An event shared by every session that receives it.
@@ -56,7 +60,28 @@ impl Event {
             body,
             required_intent: None,
             published_at: now,
+            dict_bodies: Mutex::new(Vec::new()),
         })
+    }
+
+    /// This event's body compressed against dictionary `id`: from the cache, or made by
+    /// `compress` and cached, so a node compresses each event once per dictionary however
+    /// many sessions receive it. Returns the body and whether this call compressed it.
+    pub fn dict_body<E>(
+        &self,
+        id: DictId,
+        compress: impl FnOnce() -> Result<SharedBody, E>,
+    ) -> Result<(SharedBody, bool), E> {
+        let mut bodies = self
+            .dict_bodies
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(b) = bodies.iter().find(|b| b.dict_id() == id) {
+            return Ok((b.clone(), false));
+        }
+        let body = compress()?;
+        bodies.push(body.clone());
+        Ok((body, true))
     }
 
     /// The bytes this event pins in a replay buffer.

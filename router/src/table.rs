@@ -172,6 +172,7 @@ impl<S: Subscriber> TopicTable<S> {
             event_type: event_type.into(),
             body,
             published_at: now,
+            dict_bodies: std::sync::Mutex::new(Vec::new()),
         });
         if self.log_capacity > 0 {
             if state.log.len() == self.log_capacity {
