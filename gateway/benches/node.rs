@@ -21,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use concord_protocol::codec::{Compression, Decoder, Encoder, ZstdParams};
 use concord_protocol::token::{self, Claims};
+use concord_protocol::zstd_dict::{self, DictSet, Dictionary};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
@@ -229,11 +230,68 @@ type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Connects, identifies and waits for READY and the GUILD_CREATEs.
-async fn session(port: u16, compress: Compression, uid: u64, guilds: Vec<u64>) -> (Ws, Decoder) {
-    let q = compress
-        .as_query()
-        .map(|c| format!("&compress={c}"))
-        .unwrap_or_default();
+/// The transport a bench client asks for.
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    Stream(Compression),
+    Dict,
+}
+
+impl Mode {
+    fn query(self) -> String {
+        match self {
+            Mode::Stream(c) => c
+                .as_query()
+                .map(|c| format!("&compress={c}"))
+                .unwrap_or_default(),
+            Mode::Dict => "&compress=zstd-dict".into(),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Stream(c) => c.as_query().unwrap_or("none"),
+            Mode::Dict => "zstd-dict",
+        }
+    }
+}
+
+/// A client-side decoder for either kind of transport.
+struct ClientDecoder {
+    stream: Option<Decoder>,
+    dict: Option<(zstd_dict::Decoder, DictSet)>,
+}
+
+impl ClientDecoder {
+    fn new(mode: Mode) -> ClientDecoder {
+        match mode {
+            Mode::Stream(c) => ClientDecoder {
+                stream: Some(Decoder::new(c, 1 << 24).unwrap()),
+                dict: None,
+            },
+            Mode::Dict => ClientDecoder {
+                stream: None,
+                dict: Some((
+                    zstd_dict::Decoder::new(1 << 24),
+                    [Dictionary::default_shipped()].into_iter().collect(),
+                )),
+            },
+        }
+    }
+
+    fn decode(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
+        match (&mut self.stream, &mut self.dict) {
+            (Some(d), _) => d.decode(bytes, out).unwrap(),
+            (None, Some((d, dicts))) => {
+                d.decode(bytes, dicts, out).unwrap();
+            }
+            (None, None) => unreachable!(),
+        }
+    }
+}
+
+async fn session(port: u16, compress: Mode, uid: u64, guilds: Vec<u64>) -> (Ws, ClientDecoder) {
+    let q = compress.query();
     let url = format!("ws://127.0.0.1:{port}/?v=10&encoding=json{q}");
     let mut attempt = 0;
     let (mut ws, _) = loop {
@@ -249,7 +307,7 @@ async fn session(port: u16, compress: Compression, uid: u64, guilds: Vec<u64>) -
             Err(e) => panic!("connect: {e}"),
         }
     };
-    let mut dec = Decoder::new(compress, 1 << 24).unwrap();
+    let mut dec = ClientDecoder::new(compress);
     let n_guilds = guilds.len();
     let identify =
         json!({"op": 2, "d": {"token": mint(uid, guilds), "intents": 513, "properties": {}}});
@@ -280,7 +338,7 @@ async fn session(port: u16, compress: Compression, uid: u64, guilds: Vec<u64>) -
     (ws, dec)
 }
 
-async fn next_json(ws: &mut Ws, dec: &mut Decoder) -> Option<Value> {
+async fn next_json(ws: &mut Ws, dec: &mut ClientDecoder) -> Option<Value> {
     loop {
         let bytes = match ws.next().await? {
             Ok(Message::Text(t)) => t.as_bytes().to_vec(),
@@ -289,7 +347,7 @@ async fn next_json(ws: &mut Ws, dec: &mut Decoder) -> Option<Value> {
             Ok(_) => continue,
         };
         let mut out = Vec::new();
-        dec.decode(&bytes, &mut out).unwrap();
+        dec.decode(&bytes, &mut out);
         return serde_json::from_slice(&out).ok();
     }
 }
@@ -297,10 +355,10 @@ async fn next_json(ws: &mut Ws, dec: &mut Decoder) -> Option<Value> {
 /// Opens `n` sessions with `concurrency` in flight at once.
 async fn open_sessions(
     port: u16,
-    compress: Compression,
+    compress: Mode,
     n: usize,
     guilds: impl Fn(usize) -> Vec<u64>,
-) -> Vec<(Ws, Decoder)> {
+) -> Vec<(Ws, ClientDecoder)> {
     let mut out = Vec::with_capacity(n);
     let mut pending = futures_util::stream::iter(
         (0..n).map(|i| session(port, compress, i as u64 + 1, guilds(i))),
@@ -317,9 +375,12 @@ async fn idle(sessions: usize) {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let base = node.rss_bytes();
     let t0 = Instant::now();
-    let conns = open_sessions(node.client, Compression::None, sessions, |i| {
-        vec![(i % 100) as u64 + 1]
-    })
+    let conns = open_sessions(
+        node.client,
+        Mode::Stream(Compression::None),
+        sessions,
+        |i| vec![(i % 100) as u64 + 1],
+    )
     .await;
     let connect_secs = t0.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -341,7 +402,7 @@ async fn idle(sessions: usize) {
 /// every subscribed session. Returns (deliveries, elapsed, histogram).
 async fn drive(
     node: &NodeProc,
-    conns: Vec<(Ws, Decoder)>,
+    conns: Vec<(Ws, ClientDecoder)>,
     events: usize,
     rate: u64,
     payload: &str,
@@ -412,7 +473,10 @@ fn payload() -> String {
 
 async fn fanout(fanout: usize, events: usize, rate: u64) {
     let node = NodeProc::start(&[]).await;
-    let conns = open_sessions(node.client, Compression::None, fanout, |_| vec![7]).await;
+    let conns = open_sessions(node.client, Mode::Stream(Compression::None), fanout, |_| {
+        vec![7]
+    })
+    .await;
     let (delivered, elapsed, h) = drive(&node, conns, events, rate, &payload()).await;
     println!(
         "{}",
@@ -435,10 +499,17 @@ async fn fanout(fanout: usize, events: usize, rate: u64) {
 
 async fn cpu(fanout: usize, events: usize, rate: u64) {
     for (mode, extra) in [
-        (Compression::None, vec![]),
-        (Compression::ZlibStream, vec![]),
-        (Compression::ZstdStream, vec!["--zstd", "lean"]),
-        (Compression::ZstdStream, vec!["--zstd", "discord"]),
+        (Mode::Stream(Compression::None), vec![]),
+        (Mode::Stream(Compression::ZlibStream), vec![]),
+        (
+            Mode::Stream(Compression::ZstdStream),
+            vec!["--zstd", "lean"],
+        ),
+        (
+            Mode::Stream(Compression::ZstdStream),
+            vec!["--zstd", "discord"],
+        ),
+        (Mode::Dict, vec![]),
     ] {
         let node = NodeProc::start(&extra).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -461,7 +532,7 @@ async fn cpu(fanout: usize, events: usize, rate: u64) {
             "{}",
             json!({
                 "scenario": "cpu",
-                "mode": mode.as_query().unwrap_or("none"),
+                "mode": mode.name(),
                 "zstd": extra.get(1).copied(),
                 "fanout": fanout,
                 "deliveries": delivered,
