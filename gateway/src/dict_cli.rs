@@ -99,12 +99,7 @@ pub fn run(command: DictCommand) -> anyhow::Result<()> {
         }
         DictCommand::Bench { quick } => {
             let config = if quick {
-                report::Config {
-                    train_events: 4_000,
-                    measure_events: 1_000,
-                    direct_events: 50,
-                    ..report::Config::default()
-                }
+                report::Config::quick()
             } else {
                 report::Config::default()
             };

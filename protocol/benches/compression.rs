@@ -16,12 +16,7 @@ use criterion::Criterion;
 fn main() {
     let quick = std::env::var_os("CONCORD_BENCH_QUICK").is_some();
     let config = if quick {
-        report::Config {
-            train_events: 4_000,
-            measure_events: 1_000,
-            direct_events: 50,
-            ..report::Config::default()
-        }
+        report::Config::quick()
     } else {
         report::Config::default()
     };

@@ -796,6 +796,18 @@ pub mod report {
         pub sensitivity_members: Vec<usize>,
     }
 
+    impl Config {
+        /// A smaller corpus that runs in seconds (for smoke runs and CI).
+        pub fn quick() -> Config {
+            Config {
+                train_events: 4_000,
+                measure_events: 1_000,
+                direct_events: 50,
+                ..Config::default()
+            }
+        }
+    }
+
     impl Default for Config {
         fn default() -> Self {
             Config {
