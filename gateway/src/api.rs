@@ -274,10 +274,8 @@ fn token_claims(headers: &HeaderMap, config: &Config) -> Result<Claims, ApiError
         .and_then(|v| v.to_str().ok())
         .ok_or(ApiError::Unauthorized)?;
     let raw = raw.strip_prefix("Bearer ").unwrap_or(raw);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    token::verify(config.token_secret.as_bytes(), raw, now).map_err(|_| ApiError::Unauthorized)
+    token::verify(config.token_secret.as_bytes(), raw, crate::conn::unix_now())
+        .map_err(|_| ApiError::Unauthorized)
 }
 
 async fn users_me(State(s): State<ApiState>, headers: HeaderMap) -> Result<Response, ApiError> {

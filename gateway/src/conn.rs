@@ -464,11 +464,7 @@ impl Connection {
     async fn acquire_identify_slot(&self) -> bool {
         for _ in 0..2 {
             let next = {
-                let mut limiter = self
-                    .shared
-                    .identify_limiter
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut limiter = crate::session::lock(&self.shared.identify_limiter);
                 match limiter.try_acquire(Instant::now()) {
                     Ok(()) => return true,
                     Err(at) => at,
@@ -912,7 +908,8 @@ async fn write_all_vectored(
     Ok(())
 }
 
-fn unix_now() -> u64 {
+/// Seconds since the Unix epoch: the clock token expiries are checked against.
+pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

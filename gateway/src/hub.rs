@@ -249,11 +249,6 @@ impl Hub {
         session.push(Event::session_only("GUILD_CREATE", body, now));
         self.table.subscribe(Topic::Guild(guild), session.clone())
     }
-
-    /// The last seq of a topic.
-    pub fn topic_seq(&self, topic: Topic) -> u64 {
-        self.table.seq(topic)
-    }
 }
 
 /// The GUILD_CREATE body used until a guild object is stored.

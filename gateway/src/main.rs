@@ -1,7 +1,7 @@
 //! `concord`: run a node, or mint a client token.
 
 use std::io::Write as _;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
@@ -91,9 +91,7 @@ fn mint(
     ttl: Duration,
     bot: bool,
 ) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = concord_gateway::conn::unix_now();
     let claims = Claims {
         uid: user_id,
         name: username.to_owned(),

@@ -109,9 +109,7 @@ impl Session {
     /// Locks the session's state. A poisoned lock means a panic mid-update elsewhere;
     /// the log's invariants hold between calls, so the state is still usable.
     pub fn lock(&self) -> MutexGuard<'_, SessionState> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.state)
     }
 
     /// Delivers a topic event: filters, assigns `s`, and wakes the connection.
@@ -183,11 +181,6 @@ impl Registry {
         self.len() == 0
     }
 
-    /// Every session (for drain).
-    pub fn all(&self) -> Vec<SessionRef> {
-        lock(&self.sessions).values().cloned().collect()
-    }
-
     /// Schedules a detached session to expire at `deadline` unless reattached.
     pub fn schedule_expiry(&self, id: SessionId, epoch: u64, deadline: Instant) {
         lock(&self.expiry).push(id, epoch, deadline);
@@ -219,7 +212,9 @@ impl Registry {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+/// Locks `m`, taking the data even if a panic poisoned it: every state guarded this way
+/// keeps its invariants between calls.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
