@@ -2,7 +2,7 @@
 //! every dispatch, and resume at `resume_gateway_url` with jittered backoff when the
 //! connection drops or the node sends op 7.
 
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -10,15 +10,18 @@ use concord_protocol::codec::{Compression, Decoder};
 use concord_protocol::zstd_dict::{self, DictSet, Dictionary};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::watch;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::run::Shared;
-use crate::track::{PublisherTracker, SeqCheck, SeqVerdict};
+use crate::fleet::Phase;
+use crate::peer::{self, PeerUrl};
+use crate::stats::Shared;
+use crate::track::{FirstExpected, PublisherTracker, SeqCheck, SeqVerdict};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+type Ws = WebSocketStream<TcpStream>;
 
 /// The transport a client asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,37 +97,99 @@ pub struct SessionPlan {
     pub url: String,
     /// The token to identify with.
     pub token: String,
+    /// The guild the token is a member of.
+    pub guild: u64,
+    /// The local address (and port, if not 0) to connect from first; `None` lets the OS
+    /// pick. Reconnects keep the address but let the OS pick the port, since the first
+    /// connection's port may still be in TIME_WAIT.
+    pub source: Option<SocketAddr>,
     /// A hard bound on the session's life.
     pub until: Instant,
-    /// Turns `true` when the run is over.
-    pub stop: tokio::sync::watch::Receiver<bool>,
+    /// The run's phase.
+    pub phase: watch::Receiver<Phase>,
 }
 
-/// Runs one session until `plan.until`; all counts go to `shared`.
-pub async fn run_session(plan: SessionPlan, transport: Transport, shared: Arc<Shared>, seed: u64) {
+/// How long a session waits for its guild's last events once publishing is over.
+const FINAL_WAIT: Duration = Duration::from_secs(5);
+
+/// What the run's phase means for one session that has seen `highest` of its guild.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Progress {
+    /// Keep going.
+    Running,
+    /// Publishing is over and this session has everything up to `last`.
+    CaughtUp,
+    /// Publishing is over; keep reading until `last` arrives or time runs out.
+    Awaiting { last: u64 },
+    /// Stop now.
+    Stop,
+}
+
+fn progress(phase: &Phase, guild: u64, highest: Option<u64>) -> Progress {
+    match phase {
+        Phase::Ramp | Phase::Publishing => Progress::Running,
+        Phase::Stop => Progress::Stop,
+        Phase::Final(last) => match last.get(&guild).copied().unwrap_or(0) {
+            0 => Progress::CaughtUp,
+            last if highest.is_some_and(|h| h >= last) => Progress::CaughtUp,
+            last => Progress::Awaiting { last },
+        },
+    }
+}
+
+/// Runs one session until the run's phase says stop (or `plan.until`); all counts go
+/// to `shared`.
+pub async fn run_session(plan: SessionPlan, transport: Transport, shared: &Shared, seed: u64) {
     let mut rng = seed | 1;
     let mut seq = SeqCheck::default();
     let mut tracker = PublisherTracker::default();
     let mut session: Option<(String, String)> = None; // (session_id, resume url)
     let mut attempt = 0u32;
     let mut url = plan.url.clone();
-    while Instant::now() < plan.until && !stopped(&plan.stop) {
+    let mut counted = false;
+    let mut connected = false;
+    let mut phase = plan.phase.clone();
+    // Publishing is over plus the wait for the last events: the end of this session.
+    let mut final_deadline: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        if now >= plan.until || final_deadline.is_some_and(|d| now >= d) {
+            break;
+        }
+        match progress(&phase.borrow(), plan.guild, tracker.highest(plan.guild)) {
+            Progress::Running => {}
+            Progress::Awaiting { .. } => {
+                final_deadline.get_or_insert(now + FINAL_WAIT);
+            }
+            Progress::CaughtUp | Progress::Stop => break,
+        }
         let started = Instant::now();
-        match connect(&url, transport).await {
+        let source = match plan.source {
+            Some(a) if counted => Some(SocketAddr::new(a.ip(), 0)),
+            other => other,
+        };
+        match connect(&url, source, transport).await {
             Ok((mut ws, mut dec)) => {
-                if attempt == 0 && session.is_none() {
+                if !counted {
+                    counted = true;
                     shared.established.fetch_add(1, Ordering::Relaxed);
+                }
+                if !connected {
+                    connected = true;
+                    shared.connected.fetch_add(1, Ordering::Relaxed);
                 }
                 let outcome = drive(
                     &mut ws,
                     &mut dec,
                     &plan,
-                    &shared,
+                    shared,
                     &mut seq,
                     &mut tracker,
                     &mut session,
                     started,
                     &mut rng,
+                    &mut phase,
+                    &mut final_deadline,
                 )
                 .await;
                 match outcome {
@@ -142,8 +207,9 @@ pub async fn run_session(plan: SessionPlan, transport: Transport, shared: Arc<Sh
                 }
             }
             Err(_) => {
-                if session.is_none() && attempt == 0 {
-                    shared.failed.fetch_add(1, Ordering::Relaxed);
+                if connected {
+                    connected = false;
+                    shared.connected.fetch_sub(1, Ordering::Relaxed);
                 }
                 attempt += 1;
                 if attempt > 8 {
@@ -160,6 +226,16 @@ pub async fn run_session(plan: SessionPlan, transport: Transport, shared: Arc<Sh
         let jitter = next(&mut rng) % base.max(1);
         tokio::time::sleep(Duration::from_millis(base / 2 + jitter)).await;
     }
+    if connected {
+        shared.connected.fetch_sub(1, Ordering::Relaxed);
+    }
+    // Still retrying when the run ended counts as never connecting.
+    if !counted {
+        shared.failed.fetch_add(1, Ordering::Relaxed);
+    }
+    if let Phase::Final(last) = &*phase.borrow() {
+        tracker.close(plan.guild, last.get(&plan.guild).copied().unwrap_or(0));
+    }
     shared.add_tracker(&tracker);
 }
 
@@ -169,17 +245,63 @@ enum Ended {
     Invalid,
 }
 
-async fn connect(url: &str, transport: Transport) -> anyhow::Result<(Ws, ClientDecoder)> {
+/// Opens a TCP connection to `addr`, from `source` when given. Binding the source first
+/// is what lets one box open more than the ~28k ephemeral ports one source address has
+/// toward one destination.
+///
+/// The caller should pick the source port too: binding port 0 before connecting makes
+/// Linux search for a port free of *any* binding (and only in half the range), which
+/// turns quadratic past ~14k sockets per address. An explicit port that is taken falls
+/// back to that search.
+pub async fn tcp_connect(
+    addr: SocketAddr,
+    source: Option<SocketAddr>,
+) -> std::io::Result<TcpStream> {
+    let new = || {
+        if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+    };
+    let mut socket = new()?;
+    if let Some(src) = source {
+        socket.set_reuseaddr(true)?;
+        if socket.bind(src).is_err() && src.port() != 0 {
+            socket = new()?;
+            socket.bind(SocketAddr::new(src.ip(), 0))?;
+        }
+    }
+    let stream = socket.connect(addr).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+async fn connect(
+    url: &str,
+    source: Option<SocketAddr>,
+    transport: Transport,
+) -> anyhow::Result<(Ws, ClientDecoder)> {
     let url = format!(
         "{}/?v=10&encoding=json{}",
         url.trim_end_matches('/'),
         transport.query()
     );
+    let hostport = url
+        .strip_prefix("ws://")
+        .and_then(|rest| rest.split('/').next())
+        .ok_or_else(|| anyhow::anyhow!("only ws:// targets are supported: {url}"))?;
     let config = WebSocketConfig::default().read_buffer_size(4096);
-    let (ws, _) = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio_tungstenite::connect_async_with_config(url, Some(config), true),
-    )
+    let ws = tokio::time::timeout(Duration::from_secs(10), async {
+        let addr = tokio::net::lookup_host(hostport)
+            .await?
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("{hostport} has no address"))?;
+        let stream = tcp_connect(addr, source).await?;
+        let (ws, _) =
+            tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(config)).await?;
+        anyhow::Ok(ws)
+    })
     .await??;
     Ok((ws, ClientDecoder::new(transport)?))
 }
@@ -195,13 +317,17 @@ async fn drive(
     session: &mut Option<(String, String)>,
     started: Instant,
     rng: &mut u64,
+    phase: &mut watch::Receiver<Phase>,
+    final_deadline: &mut Option<Instant>,
 ) -> Ended {
     let mut out = Vec::new();
     let mut heartbeat: Option<tokio::time::Interval> = None;
     let mut acked = true;
-    let until = tokio::time::Instant::from_std(plan.until);
-    let mut stop = plan.stop.clone();
     loop {
+        let until = tokio::time::Instant::from_std(match *final_deadline {
+            Some(d) => d.min(plan.until),
+            None => plan.until,
+        });
         let tick = async {
             match heartbeat.as_mut() {
                 Some(h) => {
@@ -226,7 +352,19 @@ async fn drive(
                 continue;
             }
             () = tokio::time::sleep_until(until) => return Ended::Done,
-            _ = stop.changed() => return Ended::Done,
+            changed = phase.changed() => {
+                if changed.is_err() {
+                    return Ended::Done;
+                }
+                match progress(&phase.borrow_and_update(), plan.guild, tracker.highest(plan.guild)) {
+                    Progress::Running => {}
+                    Progress::Awaiting { .. } => {
+                        final_deadline.get_or_insert(Instant::now() + FINAL_WAIT);
+                    }
+                    Progress::CaughtUp | Progress::Stop => return Ended::Done,
+                }
+                continue;
+            }
         };
         let bytes = match msg {
             Some(Ok(Message::Text(t))) => t.as_bytes().to_vec(),
@@ -283,6 +421,11 @@ async fn drive(
                 }
                 match v["t"].as_str() {
                     Some("READY") => {
+                        // Ready before publishing began: every event is this session's,
+                        // from the first, so losing the first ones counts.
+                        if session.is_none() && *phase.borrow() == Phase::Ramp {
+                            *tracker = PublisherTracker::new(FirstExpected::At(1));
+                        }
                         shared.record_ready(started.elapsed());
                         let id = v["d"]["session_id"].as_str().unwrap_or_default().to_owned();
                         let resume = v["d"]["resume_gateway_url"]
@@ -305,6 +448,15 @@ async fn drive(
                             shared.record_latency(sent, unix_us());
                             // The tracker keeps the gap and duplicate totals itself.
                             let _ = tracker.observe(g, pseq);
+                            if final_deadline.is_some()
+                                && progress(
+                                    &phase.borrow(),
+                                    plan.guild,
+                                    tracker.highest(plan.guild),
+                                ) == Progress::CaughtUp
+                            {
+                                return Ended::Done;
+                            }
                         }
                     }
                 }
@@ -314,9 +466,85 @@ async fn drive(
     }
 }
 
-/// Whether the run is over (the guard is dropped before any await).
-fn stopped(stop: &tokio::sync::watch::Receiver<bool>) -> bool {
-    *stop.borrow()
+/// One subscriber of a Redis or NATS peer: subscribes to its guild's channel and checks
+/// every message exactly as a gateway session checks its dispatches (latency, publisher
+/// sequence gaps and duplicates). Pub/sub has no resume, so a dropped subscriber ends.
+pub async fn run_peer_session(
+    url: &PeerUrl,
+    guild: u64,
+    source: Option<IpAddr>,
+    until: Instant,
+    mut phase: watch::Receiver<Phase>,
+    shared: &Shared,
+) {
+    let started = Instant::now();
+    let channel = peer::channel(guild);
+    let connected = tokio::time::timeout(
+        Duration::from_secs(10),
+        peer::Subscriber::connect(url, &channel, source),
+    )
+    .await;
+    let Ok(Ok(mut sub)) = connected else {
+        shared.failed.fetch_add(1, Ordering::Relaxed);
+        shared.errors.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    shared.established.fetch_add(1, Ordering::Relaxed);
+    shared.connected.fetch_add(1, Ordering::Relaxed);
+    let mut tracker = if *phase.borrow() == Phase::Ramp {
+        PublisherTracker::new(FirstExpected::At(1))
+    } else {
+        PublisherTracker::default()
+    };
+    shared.record_ready(started.elapsed());
+    let mut final_deadline: Option<Instant> = None;
+    loop {
+        match progress(&phase.borrow_and_update(), guild, tracker.highest(guild)) {
+            Progress::Running => {}
+            Progress::Awaiting { .. } => {
+                final_deadline.get_or_insert(Instant::now() + FINAL_WAIT);
+            }
+            Progress::CaughtUp | Progress::Stop => break,
+        }
+        let end = tokio::time::Instant::from_std(final_deadline.map_or(until, |d| d.min(until)));
+        let msg = tokio::select! {
+            m = sub.next_message() => m,
+            () = tokio::time::sleep_until(end) => break,
+            changed = phase.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                continue;
+            }
+        };
+        let (payload, wire) = match msg {
+            Ok(Some(m)) => m,
+            Ok(None) | Err(_) => {
+                shared.errors.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+        };
+        shared.bytes.fetch_add(wire as u64, Ordering::Relaxed);
+        let Ok(v) = serde_json::from_slice::<Value>(&payload) else {
+            shared.errors.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let d = &v["d"];
+        if let (Some(g), Some(pseq), Some(sent)) = (
+            d["lt_g"].as_u64(),
+            d["lt_pseq"].as_u64(),
+            d["lt_sent_us"].as_u64(),
+        ) {
+            shared.deliveries.fetch_add(1, Ordering::Relaxed);
+            shared.record_latency(sent, unix_us());
+            let _ = tracker.observe(g, pseq);
+        }
+    }
+    shared.connected.fetch_sub(1, Ordering::Relaxed);
+    if let Phase::Final(last) = &*phase.borrow() {
+        tracker.close(guild, last.get(&guild).copied().unwrap_or(0));
+    }
+    shared.add_tracker(&tracker);
 }
 
 /// xorshift64*: a tiny seeded generator for jitter.

@@ -10,21 +10,31 @@
 //! end-to-end latency from it and detect gaps and duplicates independently of the
 //! gateway's own `s`, which they also check.
 //!
-//! Status: one process, one source address; worker processes past the open-file cap,
-//! several 127.0.0.x sources, Redis/NATS peers, presets and a progress bar are not built
-//! yet (issue 5).
+//! A run past one process's open-file limit re-executes this binary as worker processes
+//! and, on loopback, connects from several 127.0.0.x source addresses ([`fleet`],
+//! [`run::Layout`]). `--peer redis://...` and `--peer nats://...` run the same load
+//! through Redis and NATS pub/sub for comparison ([`peer`]). `--preset` and `--scenario`
+//! expand into flags before parsing ([`preset`]).
 //!
 //! # Layout
 //! - [`run`] — options and the run: ramped sessions, sharded publishers, the reporter.
-//! - [`client`] — one session's protocol loop.
+//! - [`fleet`] — which process runs which session; worker processes and their protocol.
+//! - [`stats`] — per-process counters and the snapshots workers send.
+//! - [`client`] — one session's protocol loop (gateway or peer subscriber).
+//! - [`preset`] — `--preset` and `--scenario` expansion.
 //! - [`track`] — `s` continuity, publisher-sequence gaps and duplicates, latency.
 //! - [`report`] — the JSON report schema and the per-interval line.
 //! - [`assert`] — `--assert` bounds.
 //! - [`html`] — the HTML report with inline SVG charts.
+//! - [`peer`] — minimal Redis and NATS pub/sub clients for `--peer` comparisons.
 
 pub mod assert;
 pub mod client;
+pub mod fleet;
 pub mod html;
+pub mod peer;
+pub mod preset;
 pub mod report;
 pub mod run;
+pub mod stats;
 pub mod track;

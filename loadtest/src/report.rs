@@ -39,6 +39,7 @@ pub const REQUIRED_PATHS: &[&str] = &[
     "resumes.ok",
     "resumes.failed",
     "errors",
+    "published",
     "server",
     "config",
     "timeline",
@@ -83,12 +84,18 @@ pub struct Report {
     pub resumes: Resumes,
     /// Protocol, decode, publish and zombie-connection errors.
     pub errors: u64,
+    /// Events the API (or the peer) accepted.
+    #[serde(default)]
+    pub published: u64,
     /// Server memory, one entry per node.
     pub server: Vec<ServerNode>,
     /// The options the run used, echoed back.
     pub config: Value,
     /// One sample per interval.
     pub timeline: Vec<TimelineSample>,
+    /// The same load through each `--peer` (Redis, NATS), in the same run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<Report>,
 }
 
 /// `connections.*`.
@@ -226,6 +233,7 @@ pub(crate) mod tests {
             duplicates: 0,
             resumes: Resumes { ok: 7, failed: 1 },
             errors: 3,
+            published: 60_000,
             server: vec![ServerNode {
                 node: "pid:4242".into(),
                 rss_bytes: 1_610_612_736,
@@ -243,6 +251,7 @@ pub(crate) mod tests {
                     resumes: u64::from(i / 2),
                 })
                 .collect(),
+            peers: Vec::new(),
         }
     }
 

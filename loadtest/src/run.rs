@@ -1,26 +1,35 @@
 //! `concord-loadtest run`: open the sessions, publish at a fixed rate, watch, report.
 //!
-//! One process for now: connections are spread over the `--targets` round robin, ramped at
-//! `--ramp`; a publisher shard per group of guilds keeps each guild's publishes in order so
-//! clients can check the per-guild publisher sequence. Every loop stops at `--duration`.
+//! Sessions are spread over the `--targets` round robin and ramped at `--ramp`; past
+//! one process's open-file limit they are spread over worker processes too, and past
+//! one source address's ephemeral ports over several 127.0.0.x sources (see [`Layout`]).
+//! A publisher shard per group of guilds keeps each guild's publishes in order, so
+//! clients can check the per-guild publisher sequence. When publishing ends every
+//! session learns each guild's last accepted sequence and waits for it, so events lost
+//! at the tail count as gaps too. With `--peer`, the same load then runs against Redis
+//! or NATS pub/sub. Every loop is bounded by `--duration` plus fixed waits.
 
+use std::collections::HashMap;
 use std::io::IsTerminal as _;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use clap::Args;
-use concord_protocol::token::{self, Claims};
+use clap::{Args, Parser};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::client::{self, SessionPlan, Transport};
+use crate::client::{self, Transport};
+use crate::fleet::{Fleet, FleetPlan, GUILD_BASE, Phase, Target};
+use crate::peer::{self, PeerUrl};
 use crate::report::{self, Report};
-use crate::track::{LatencyRecorder, PublisherTracker, Totals};
+use crate::stats::{Counters, Shared};
 
 /// `concord-loadtest run` options.
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, Serialize, Deserialize)]
 pub struct RunArgs {
     /// Gateway URLs, comma-separated; sessions are spread over them.
     #[arg(long, value_delimiter = ',', default_value = "ws://127.0.0.1:8080")]
@@ -48,16 +57,17 @@ pub struct RunArgs {
     /// Connection ramp, e.g. `5000/s`.
     #[arg(long, default_value = "2000/s")]
     pub ramp: String,
-    /// Number of guilds.
+    /// Number of guilds; each session is a member of one.
     #[arg(long, default_value_t = 100)]
     pub guilds: u64,
-    /// Guild size distribution: `zipf:S` or `uniform`.
+    /// Guild size distribution: `zipf:S` or `uniform`. Publishes pick guilds by the same
+    /// weights, so large guilds are busier, as in real chat.
     #[arg(long, default_value = "zipf:1.1")]
     pub guild_size: String,
-    /// Publish rate, e.g. `2000/s`.
+    /// Publish rate, e.g. `2000/s`; `0/s` publishes nothing (idle runs).
     #[arg(long, default_value = "100/s")]
     pub publish_rate: String,
-    /// How long to publish, e.g. `60s`.
+    /// How long to publish (or, at `0/s`, to hold the sessions), e.g. `60s`.
     #[arg(long, default_value = "30s")]
     pub duration: String,
     /// `none`, `zlib-stream`, `zstd-stream` or `zstd-dict`.
@@ -66,9 +76,33 @@ pub struct RunArgs {
     /// Bytes of filler content in each published event.
     #[arg(long, default_value_t = 200)]
     pub payload_bytes: usize,
+    /// Also run the same load through Redis or NATS pub/sub, e.g. `redis://127.0.0.1:6379`
+    /// or `nats://127.0.0.1:4222`; repeat for both. Reported under `peers`.
+    #[arg(long)]
+    pub peer: Vec<String>,
+    /// Worker processes to spread sessions over; 0 starts as many as the open-file
+    /// limit requires.
+    #[arg(long, default_value_t = 0)]
+    pub workers: usize,
+    /// Sessions one process may hold; 0 derives it from the open-file limit.
+    #[arg(long, default_value_t = 0)]
+    pub sessions_per_process: usize,
+    /// Local addresses to connect from, comma-separated. By default a loopback run that
+    /// would exhaust one address's ephemeral ports uses 127.0.0.2, 127.0.0.3, ...
+    #[arg(long, value_delimiter = ',')]
+    pub sources: Vec<IpAddr>,
     /// Local node pids to read RSS from (`/proc`), comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub pids: Vec<u32>,
+    /// Seeds guild choice, publish order and jitter.
+    #[arg(long, default_value_t = 0x5eed)]
+    pub seed: u64,
+    /// A preset (`idle`, `fanout`, `chat`); its options come first, yours override them.
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// A TOML file of options (keys are the long flag names); flags override it.
+    #[arg(long)]
+    pub scenario: Option<PathBuf>,
     /// Write the JSON report here.
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -80,70 +114,33 @@ pub struct RunArgs {
     pub assert: Option<String>,
 }
 
-/// Counters every session and the reporter share.
-#[derive(Debug, Default)]
-pub struct Shared {
-    /// Sessions that connected at least once.
-    pub established: AtomicU64,
-    /// Sessions that got READY.
-    pub ready_sessions: AtomicU64,
-    /// Sessions that never connected.
-    pub failed: AtomicU64,
-    /// Sessions connected right now.
-    pub connected: AtomicI64,
-    /// Protocol or decoding errors, zombies.
-    pub errors: AtomicU64,
-    /// Load-test events received.
-    pub deliveries: AtomicU64,
-    /// Events the API accepted.
-    pub published: AtomicU64,
-    /// Bytes received on the wire.
-    pub bytes: AtomicU64,
-    /// Resumes that ended in RESUMED.
-    pub resumes_ok: AtomicU64,
-    /// Resumes answered with op 9.
-    pub resumes_failed: AtomicU64,
-    /// Dispatches whose `s` was not the last plus one.
-    pub seq_errors: AtomicU64,
-    latency: Mutex<LatencyRecorder>,
-    interval: Mutex<LatencyRecorder>,
-    ready: Mutex<LatencyRecorder>,
-    totals: Mutex<Totals>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-impl Shared {
-    /// Records one delivery's publish-to-receive latency.
-    pub fn record_latency(&self, sent_us: u64, received_us: u64) {
-        lock(&self.latency).record(sent_us, received_us);
-        lock(&self.interval).record(sent_us, received_us);
-    }
-
-    /// Records the time from connecting to READY.
-    pub fn record_ready(&self, d: Duration) {
-        self.ready_sessions.fetch_add(1, Ordering::Relaxed);
-        lock(&self.ready).record(0, d.as_micros() as u64);
-    }
-
-    /// Adds a finished session's gap and duplicate counts.
-    pub fn add_tracker(&self, t: &PublisherTracker) {
-        lock(&self.totals).add(&t.totals());
+impl Default for RunArgs {
+    /// Every option at its documented default.
+    fn default() -> RunArgs {
+        #[derive(Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            args: RunArgs,
+        }
+        Defaults::parse_from(["run"]).args
     }
 }
 
-/// Parses `N/s`.
-pub fn parse_rate(s: &str) -> anyhow::Result<f64> {
+/// Parses `N/s`; `0/s` is allowed only where `allow_zero`.
+pub fn parse_rate_with(s: &str, allow_zero: bool) -> anyhow::Result<f64> {
     let n = s.trim().strip_suffix("/s").unwrap_or(s.trim());
     let r: f64 = n
         .parse()
         .with_context(|| format!("invalid rate {s:?}; use e.g. 2000/s"))?;
-    if !(r > 0.0 && r.is_finite()) {
+    if !(r.is_finite() && (r > 0.0 || (allow_zero && r == 0.0))) {
         bail!("rate must be positive: {s:?}");
     }
     Ok(r)
+}
+
+/// Parses `N/s` (positive).
+pub fn parse_rate(s: &str) -> anyhow::Result<f64> {
+    parse_rate_with(s, false)
 }
 
 /// Parses `60s`, `5m`, `500ms`.
@@ -197,208 +194,432 @@ fn unit(rng: &mut u64) -> f64 {
     (client::next(rng) >> 11) as f64 / (1u64 << 53) as f64
 }
 
-const GUILD_BASE: u64 = 1_000_000;
 const PUBLISHER_SHARDS: u64 = 16;
 /// The longest publishing waits for sessions to become READY after the ramp.
 const READY_WAIT: Duration = Duration::from_secs(30);
-/// How long sessions keep reading after the last publish was accepted.
-const DRAIN_WAIT: Duration = Duration::from_secs(1);
+/// How long sessions may take to receive the last events once publishing is over.
+const FINAL_WAIT: Duration = Duration::from_secs(6);
+/// Ports one source address is given toward one destination: the ephemeral range here is
+/// 32768-60999 (28,232 ports), less headroom for other traffic.
+pub const PORTS_PER_SOURCE: usize = 25_000;
+/// File descriptors a process keeps for everything but sessions: stdio, the runtime,
+/// publisher connections, sockets in TIME_WAIT-free reconnects.
+const FD_HEADROOM: u64 = 1_000;
 
-/// Runs the load and returns the report.
+/// How a run spreads its sessions over processes and source addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    /// Worker processes; 0 runs every session in this process.
+    pub workers: usize,
+    /// Sessions one process may hold.
+    pub per_process: usize,
+    /// Source addresses, round robin; empty lets the OS pick.
+    pub sources: Vec<IpAddr>,
+}
+
+impl Layout {
+    /// Decides the layout for `args` given this process's open-file limit `nofile`.
+    pub fn plan(args: &RunArgs, nofile: u64) -> Layout {
+        let per_process = match args.sessions_per_process {
+            0 => nofile.saturating_sub(FD_HEADROOM).max(100) as usize,
+            n => n,
+        };
+        let workers = match args.workers {
+            0 if args.connections <= per_process => 0,
+            0 => args.connections.div_ceil(per_process),
+            n => n,
+        };
+        let loopback = args.targets.iter().all(|t| {
+            let host = t.trim_start_matches("ws://").split(['/', ':']).next();
+            matches!(host, Some(h) if h == "localhost" || h.starts_with("127."))
+        });
+        let sources = if !args.sources.is_empty() {
+            args.sources.clone()
+        } else if loopback && args.connections > PORTS_PER_SOURCE {
+            (0..args.connections.div_ceil(PORTS_PER_SOURCE))
+                .map(|k| {
+                    let n = 2 + k;
+                    IpAddr::V4(Ipv4Addr::new(127, 0, (n >> 8) as u8, (n & 0xff) as u8))
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Layout {
+            workers,
+            per_process,
+            sources,
+        }
+    }
+
+    /// One line telling the user what the run will do.
+    pub fn describe(&self, connections: usize, nofile: u64) -> String {
+        let procs = match self.workers {
+            0 => "in this process".to_owned(),
+            n => format!(
+                "over {n} worker processes (at most {} sessions each; open-file limit {nofile})",
+                self.per_process
+            ),
+        };
+        let sources = match self.sources.as_slice() {
+            [] => String::new(),
+            [one] => format!(" from source address {one}"),
+            [first, .., last] => format!(
+                " from {} source addresses {first}..{last} (one address has about {PORTS_PER_SOURCE} ports per destination)",
+                self.sources.len()
+            ),
+        };
+        format!("{connections} sessions {procs}{sources}")
+    }
+}
+
+/// The soft open-file limit of this process (`/proc/self/limits`), or 1024 if unknown.
+pub fn open_file_limit() -> u64 {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(1024)
+}
+
+/// Runs the load against Concord, then against each `--peer`, and returns the report
+/// (peers under `peers`).
 pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
-    let transport = Transport::parse(&args.compress)
+    // Check everything before the first session opens.
+    Transport::parse(&args.compress)
         .with_context(|| format!("unknown --compress {:?}", args.compress))?;
-    let ramp = parse_rate(&args.ramp)?;
-    let rate = parse_rate(&args.publish_rate)?;
-    let duration = parse_duration(&args.duration)?;
-    let weights = guild_weights(&args.guild_size, args.guilds)?;
+    let peers = args
+        .peer
+        .iter()
+        .map(|p| PeerUrl::parse(p).with_context(|| format!("invalid --peer {p:?}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     if args.targets.is_empty() {
         bail!("--targets needs at least one ws:// URL");
     }
-    let shared = Arc::new(Shared::default());
-    let mut rng = 0x5eed_u64;
-    let ramp_time = Duration::from_secs_f64(args.connections as f64 / ramp);
-    let start = Instant::now();
-    // A hard bound on every session; normally they stop when `stop` turns true.
-    let until = start + ramp_time + READY_WAIT + duration + Duration::from_secs(10);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let exp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-        + 86_400;
-
-    // Sessions, ramped.
-    let mut sessions = Vec::with_capacity(args.connections);
-    for i in 0..args.connections {
-        let guild = GUILD_BASE + pick(&weights, unit(&mut rng)) as u64;
-        let claims = Claims {
-            uid: i as u64 + 1,
-            name: format!("lt{}", i + 1),
-            guilds: vec![guild],
-            exp,
-            bot: false,
-        };
-        let plan = SessionPlan {
-            url: args.targets[i % args.targets.len()].clone(),
-            token: token::mint(args.token_secret.as_bytes(), &claims),
-            until,
-            stop: stop_rx.clone(),
-        };
-        let due = start + Duration::from_secs_f64(i as f64 / ramp);
-        let shared = shared.clone();
-        let seed = client::next(&mut rng);
-        sessions.push(tokio::spawn(async move {
-            tokio::time::sleep_until(due.into()).await;
-            shared.connected.fetch_add(1, Ordering::Relaxed);
-            client::run_session(plan, transport, shared.clone(), seed).await;
-            shared.connected.fetch_sub(1, Ordering::Relaxed);
-        }));
+    let mut report = run_target(
+        &args,
+        Target::Concord {
+            urls: args.targets.clone(),
+        },
+    )
+    .await?;
+    for p in peers {
+        let mut peer_args = args.clone();
+        peer_args.pids.clear();
+        let r = run_target(&peer_args, Target::Peer { url: p.to_string() }).await?;
+        report.peers.push(r);
     }
+    Ok(report)
+}
 
-    // Publishers: one scheduler ticks at the publish rate and picks each event's guild;
-    // the guild's shard publishes it, so each guild's events go out in order.
-    // Publishing starts once every session is READY (or failed), so each one sees its
-    // guilds' whole publisher sequence; at most READY_WAIT after the ramp.
-    let ramp_end = start + ramp_time;
-    tokio::time::sleep_until(ramp_end.into()).await;
-    let wait_until = Instant::now() + READY_WAIT;
-    while Instant::now() < wait_until {
-        let done =
-            shared.ready_sessions.load(Ordering::Relaxed) + shared.failed.load(Ordering::Relaxed);
-        if done >= args.connections as u64 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let publish_start = Instant::now() + Duration::from_millis(100);
-    let publish_end = publish_start + duration;
-    let http = reqwest::Client::new();
-    let mut shard_txs = Vec::new();
-    let mut publishers = Vec::new();
-    for _ in 0..PUBLISHER_SHARDS {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<u64>(1024);
-        shard_txs.push(tx);
-        let (http, shared) = (http.clone(), shared.clone());
-        let (api, secret) = (args.api.clone(), args.publish_secret.clone());
-        let filler = "x".repeat(args.payload_bytes);
-        publishers.push(tokio::spawn(async move {
-            let mut pseq = std::collections::HashMap::<u64, u64>::new();
-            while let Some(g) = rx.recv().await {
-                let n = pseq.entry(g).or_default();
-                *n += 1;
-                let body = json!({"t": "MESSAGE_CREATE", "d": {"lt_g": g, "lt_pseq": *n, "lt_sent_us": client::unix_us(), "content": filler}});
-                let ok = http
-                    .post(format!("{api}/v1/guilds/{g}/events"))
-                    .bearer_auth(&secret)
-                    .json(&body)
+/// How publishes reach the system under test.
+enum Backend {
+    Http {
+        client: reqwest::Client,
+        api: String,
+        secret: String,
+    },
+    Peer(peer::Publisher),
+}
+
+impl Backend {
+    /// Publishes one event. `Ok(true)`: accepted. `Ok(false)`: refused, so the
+    /// publisher sequence number was not used. `Err`: unknown (a timeout or a broken
+    /// connection), so the number counts as used.
+    async fn publish(&mut self, guild: u64, body: &[u8]) -> Result<bool, ()> {
+        match self {
+            Backend::Http {
+                client,
+                api,
+                secret,
+            } => {
+                let response = client
+                    .post(format!("{api}/v1/guilds/{guild}/events"))
+                    .bearer_auth(&*secret)
+                    .header("content-type", "application/json")
+                    .body(body.to_vec())
                     .timeout(Duration::from_secs(10))
                     .send()
                     .await
-                    .is_ok_and(|r| r.status().is_success());
-                if ok {
-                    shared.published.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    shared.errors.fetch_add(1, Ordering::Relaxed);
-                }
+                    .map_err(|_| ())?;
+                Ok(response.status().is_success())
             }
-        }));
+            Backend::Peer(p) => p
+                .publish(&peer::channel(guild), body)
+                .await
+                .map(|_| true)
+                .map_err(|_| ()),
+        }
     }
-    let scheduler = {
-        let (weights, shared) = (weights.clone(), shared.clone());
-        let interval = Duration::from_secs_f64(1.0 / rate);
-        tokio::spawn(async move {
-            let mut rng = 0xabcd_u64;
-            let mut n: u32 = 0;
-            loop {
-                let at = publish_start + interval * n;
-                if at >= publish_end {
-                    break;
-                }
-                tokio::time::sleep_until(at.into()).await;
-                n += 1;
-                let g = GUILD_BASE + pick(&weights, unit(&mut rng)) as u64;
-                let shard = (g % PUBLISHER_SHARDS) as usize;
-                // A full shard queue means the API cannot keep up: count it, never block
-                // the schedule.
-                if shard_txs[shard].try_send(g).is_err() {
-                    shared.errors.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        })
-    };
+}
 
-    // The reporter: one line per second.
+/// One load against one target: a Concord cluster or one peer.
+async fn run_target(args: &RunArgs, target: Target) -> anyhow::Result<Report> {
+    let ramp = parse_rate(&args.ramp)?;
+    let rate = parse_rate_with(&args.publish_rate, true)?;
+    let duration = parse_duration(&args.duration)?;
+    let weights = guild_weights(&args.guild_size, args.guilds)?;
+    let nofile = open_file_limit();
+    let layout = Layout::plan(args, nofile);
+    let name = match &target {
+        Target::Concord { .. } => "concord".to_owned(),
+        Target::Peer { url } => PeerUrl::parse(url)?.name().to_owned(),
+    };
+    eprintln!("{name}: {}", layout.describe(args.connections, nofile));
+
+    let ramp_time = Duration::from_secs_f64(args.connections as f64 / ramp);
+    // Workers need a moment to start before session 0 is due.
+    let lead = if layout.workers > 0 {
+        Duration::from_millis(500)
+    } else {
+        Duration::ZERO
+    };
+    let start_us = client::unix_us() + lead.as_micros() as u64;
+    let bound = lead + ramp_time + READY_WAIT + duration + FINAL_WAIT + Duration::from_secs(30);
+    let plan = FleetPlan {
+        target: target.clone(),
+        token_secret: args.token_secret.clone(),
+        compress: args.compress.clone(),
+        connections: args.connections,
+        ramp_per_sec: ramp,
+        guilds: args.guilds,
+        guild_size: args.guild_size.clone(),
+        sources: layout.sources.clone(),
+        seed: args.seed,
+        start_unix_us: start_us,
+        deadline_unix_us: start_us + bound.as_micros() as u64,
+    };
+    let start = Instant::now();
+    let shared = Arc::new(Shared::default());
+    let exe = std::env::current_exe().context("cannot find this executable to start workers")?;
+    let mut fleet = Fleet::start(&plan, layout.workers, &exe, shared.clone()).await?;
+
+    // The reporter: one sample per second.
     let timeline = Arc::new(Mutex::new(Vec::new()));
     let reporter = {
-        let (shared, timeline) = (shared.clone(), timeline.clone());
+        let (view, timeline) = (fleet.view(), timeline.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.tick().await;
             let mut last = 0u64;
             let tty = std::io::stderr().is_terminal();
             loop {
                 tick.tick().await;
-                let delivered = shared.deliveries.load(Ordering::Relaxed);
-                let lat = std::mem::take(&mut *lock(&shared.interval)).percentiles();
+                let c = view.counters();
+                let lat = view.take_interval().percentiles();
                 let sample = report::TimelineSample {
                     t_sec: start.elapsed().as_secs_f64(),
-                    connections: shared.connected.load(Ordering::Relaxed).max(0) as u64,
-                    deliveries_per_sec: (delivered - last) as f64,
+                    connections: c.connected.max(0) as u64,
+                    deliveries_per_sec: c.deliveries.saturating_sub(last) as f64,
                     p50_ms: lat.p50,
                     p99_ms: lat.p99,
-                    errors: shared.errors.load(Ordering::Relaxed),
-                    resumes: shared.resumes_ok.load(Ordering::Relaxed),
+                    errors: c.errors,
+                    resumes: c.resumes_ok,
                 };
-                last = delivered;
+                last = c.deliveries;
                 if tty {
-                    eprintln!(
-                        "t={:>5.1}s conns={} deliveries/s={} p50={:.1}ms p99={:.1}ms errors={} resumes={}",
-                        sample.t_sec,
-                        sample.connections,
-                        sample.deliveries_per_sec,
-                        sample.p50_ms,
-                        sample.p99_ms,
-                        sample.errors,
-                        sample.resumes
-                    );
-                } else if let Ok(line) = serde_json::to_string(&sample) {
-                    eprintln!("{line}");
+                    eprint!("\r\x1b[2K{}", progress_line(&name, &sample, &c));
+                } else {
+                    eprintln!("{}", report::IntervalLine(&sample));
                 }
                 lock(&timeline).push(sample);
             }
         })
     };
 
-    let _ = scheduler.await;
-    for p in publishers {
-        let _ = p.await;
+    // Publishing starts once every session is READY (or failed), so each one sees its
+    // guild's whole publisher sequence; at most READY_WAIT after the ramp.
+    tokio::time::sleep_until((start + lead + ramp_time).into()).await;
+    let wait_until = Instant::now() + READY_WAIT;
+    while Instant::now() < wait_until {
+        let c = fleet.view().counters();
+        if c.ready_sessions + c.failed >= args.connections as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Let the last events arrive, then end every session.
-    tokio::time::sleep(DRAIN_WAIT).await;
-    let _ = stop_tx.send(true);
-    for s in sessions {
-        let _ = s.await;
+    fleet.set_phase(Phase::Publishing).await;
+    let publish_start = Instant::now() + Duration::from_millis(100);
+    let publish_end = publish_start + duration;
+    let last_accepted = if rate > 0.0 {
+        publish(
+            args,
+            &target,
+            &weights,
+            rate,
+            publish_start,
+            publish_end,
+            &shared,
+        )
+        .await?
+    } else {
+        tokio::time::sleep_until(publish_end.into()).await;
+        HashMap::new()
+    };
+
+    // Every session waits for its guild's last accepted event, then ends.
+    fleet.set_phase(Phase::Final(last_accepted)).await;
+    let give_up = Instant::now() + FINAL_WAIT + Duration::from_secs(1);
+    while Instant::now() < give_up
+        && fleet.view().counters().sessions_done < args.connections as u64
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    fleet.set_phase(Phase::Stop).await;
+    let (counters, latency, ready, totals) = fleet.finish(Duration::from_secs(15)).await;
     reporter.abort();
-    let elapsed = publish_end
+    if std::io::stderr().is_terminal() {
+        eprintln!();
+    }
+    let timeline = std::mem::take(&mut *lock(&timeline));
+    let publish_secs = publish_end
         .saturating_duration_since(publish_start)
         .as_secs_f64()
         .max(1e-9);
-    let timeline = std::mem::take(&mut *lock(&timeline));
-    Ok(build_report(&args, &shared, timeline, ramp_time, elapsed))
+    Ok(build_report(
+        args,
+        &layout,
+        &target,
+        Measured {
+            counters,
+            latency,
+            ready,
+            totals,
+            ramp_time,
+            publish_secs,
+        },
+        timeline,
+    ))
+}
+
+fn progress_line(name: &str, s: &report::TimelineSample, c: &Counters) -> String {
+    format!(
+        "{name} t={:>5.1}s conns={} ready={} deliveries/s={:.0} p50={:.1}ms p99={:.1}ms errors={} resumes={}",
+        s.t_sec,
+        s.connections,
+        c.ready_sessions,
+        s.deliveries_per_sec,
+        s.p50_ms,
+        s.p99_ms,
+        s.errors,
+        s.resumes
+    )
+}
+
+/// Publishes from `start` to `end` at `rate`, and returns each guild's last accepted
+/// publisher sequence. One scheduler ticks at the rate and picks each event's guild; the
+/// guild's shard publishes it, so each guild's events go out in order.
+async fn publish(
+    args: &RunArgs,
+    target: &Target,
+    weights: &[f64],
+    rate: f64,
+    start: Instant,
+    end: Instant,
+    shared: &Arc<Shared>,
+) -> anyhow::Result<HashMap<u64, u64>> {
+    let http = reqwest::Client::new();
+    let mut shard_txs = Vec::new();
+    let mut shards = Vec::new();
+    for _ in 0..PUBLISHER_SHARDS {
+        let mut backend = match target {
+            Target::Concord { .. } => Backend::Http {
+                client: http.clone(),
+                api: args.api.clone(),
+                secret: args.publish_secret.clone(),
+            },
+            Target::Peer { url } => Backend::Peer(
+                peer::Publisher::connect(&PeerUrl::parse(url)?)
+                    .await
+                    .with_context(|| format!("cannot connect a publisher to {url}"))?,
+            ),
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<u64>(1024);
+        shard_txs.push(tx);
+        let shared = shared.clone();
+        let filler = "x".repeat(args.payload_bytes);
+        shards.push(tokio::spawn(async move {
+            let mut next_pseq = HashMap::<u64, u64>::new();
+            let mut accepted = HashMap::<u64, u64>::new();
+            while let Some(g) = rx.recv().await {
+                let n = next_pseq.entry(g).or_insert(1);
+                let body = json!({"t": "MESSAGE_CREATE", "d": {"lt_g": g, "lt_pseq": *n, "lt_sent_us": client::unix_us(), "content": filler}});
+                let bytes = body.to_string().into_bytes();
+                match backend.publish(g, &bytes).await {
+                    Ok(true) => {
+                        accepted.insert(g, *n);
+                        *n += 1;
+                        shared.published.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // Refused: nothing was published under this number; reuse it.
+                    Ok(false) => {
+                        shared.errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(()) => {
+                        *n += 1;
+                        shared.errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            accepted
+        }));
+    }
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let mut rng = args.seed ^ 0xabcd;
+    let mut n: u32 = 0;
+    loop {
+        let at = start + interval * n;
+        if at >= end {
+            break;
+        }
+        tokio::time::sleep_until(at.into()).await;
+        n += 1;
+        let g = GUILD_BASE + pick(weights, unit(&mut rng)) as u64;
+        let shard = (g % PUBLISHER_SHARDS) as usize;
+        // A full shard queue means the target cannot keep up: count it, never block the
+        // schedule.
+        if shard_txs[shard].try_send(g).is_err() {
+            shared.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    drop(shard_txs);
+    let mut last = HashMap::new();
+    for s in shards {
+        if let Ok(accepted) = s.await {
+            last.extend(accepted);
+        }
+    }
+    Ok(last)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// What a run measured, before it becomes a report.
+struct Measured {
+    counters: Counters,
+    latency: crate::track::LatencyRecorder,
+    ready: crate::track::LatencyRecorder,
+    totals: crate::track::Totals,
+    ramp_time: Duration,
+    publish_secs: f64,
 }
 
 fn build_report(
     args: &RunArgs,
-    shared: &Shared,
+    layout: &Layout,
+    target: &Target,
+    m: Measured,
     timeline: Vec<report::TimelineSample>,
-    ramp_time: Duration,
-    publish_secs: f64,
 ) -> Report {
-    let deliveries = shared.deliveries.load(Ordering::Relaxed);
-    let established = shared.established.load(Ordering::Relaxed);
-    let totals = lock(&shared.totals).clone();
-    let lat = lock(&shared.latency).percentiles();
-    let ready = lock(&shared.ready).percentiles();
+    let c = m.counters;
+    let lat = m.latency.percentiles();
+    let ready = m.ready.percentiles();
     let per_node = (args.connections / args.pids.len().max(1)).max(1) as u64;
     let server = args
         .pids
@@ -412,38 +633,52 @@ fn build_report(
             }
         })
         .collect();
+    let (name, targets) = match target {
+        Target::Concord { urls } => ("concord".to_owned(), json!(urls)),
+        Target::Peer { url } => (
+            PeerUrl::parse(url).map_or("peer", |p| p.name()).to_owned(),
+            json!([url]),
+        ),
+    };
     Report {
-        target: "concord".into(),
+        target: name,
         connections: report::Connections {
-            established,
-            failed: shared.failed.load(Ordering::Relaxed),
+            established: c.established,
+            failed: c.failed,
         },
-        connect_rate_per_sec: established as f64 / ramp_time.as_secs_f64().max(1e-9),
+        connect_rate_per_sec: c.established as f64 / m.ramp_time.as_secs_f64().max(1e-9),
         ready_latency_ms: report::ReadyLatency {
             p50: ready.p50,
             p99: ready.p99,
         },
         deliveries: report::Deliveries {
-            total: deliveries,
-            per_sec: deliveries as f64 / publish_secs,
+            total: c.deliveries,
+            per_sec: c.deliveries as f64 / m.publish_secs,
         },
         latency_ms: lat,
-        bytes_received_per_delivery: shared.bytes.load(Ordering::Relaxed) as f64
-            / deliveries.max(1) as f64,
-        gaps: totals.gaps + shared.seq_errors.load(Ordering::Relaxed),
-        duplicates: totals.duplicates,
-        resumes: report::Resumes {
-            ok: shared.resumes_ok.load(Ordering::Relaxed),
-            failed: shared.resumes_failed.load(Ordering::Relaxed),
+        bytes_received_per_delivery: if c.deliveries == 0 {
+            0.0
+        } else {
+            c.bytes as f64 / c.deliveries as f64
         },
-        errors: shared.errors.load(Ordering::Relaxed),
+        gaps: m.totals.gaps + c.seq_errors,
+        duplicates: m.totals.duplicates,
+        resumes: report::Resumes {
+            ok: c.resumes_ok,
+            failed: c.resumes_failed,
+        },
+        errors: c.errors,
+        published: c.published,
         server,
         config: json!({
-            "targets": args.targets, "connections": args.connections, "ramp": args.ramp,
+            "targets": targets, "connections": args.connections, "ramp": args.ramp,
             "guilds": args.guilds, "guild_size": args.guild_size, "publish_rate": args.publish_rate,
             "duration": args.duration, "compress": args.compress, "payload_bytes": args.payload_bytes,
+            "seed": args.seed, "preset": args.preset,
+            "workers": layout.workers, "sources": layout.sources,
         }),
         timeline,
+        peers: Vec::new(),
     }
 }
 
@@ -487,5 +722,45 @@ mod tests {
         assert!(guild_weights("pareto", 4).is_err());
         assert_eq!(pick(&u, 0.0), 0);
         assert_eq!(pick(&u, 0.999), 3);
+    }
+
+    #[test]
+    fn layout_spreads_past_the_open_file_limit_and_the_port_range() {
+        let small = RunArgs {
+            connections: 5_000,
+            ..RunArgs::default()
+        };
+        let l = Layout::plan(&small, 20_000);
+        assert_eq!((l.workers, l.per_process), (0, 19_000));
+        assert!(l.sources.is_empty());
+        let big = RunArgs {
+            connections: 100_000,
+            ..RunArgs::default()
+        };
+        let l = Layout::plan(&big, 20_000);
+        assert_eq!(l.workers, 6);
+        assert_eq!(l.sources.len(), 4);
+        assert_eq!(l.sources[0], IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
+        assert!(l.describe(100_000, 20_000).contains("6 worker processes"));
+        // Not loopback: the tool cannot invent source addresses.
+        let remote = RunArgs {
+            targets: vec!["ws://10.0.0.5:8080".into()],
+            ..big.clone()
+        };
+        assert!(Layout::plan(&remote, 20_000).sources.is_empty());
+        // Explicit choices win.
+        let forced = RunArgs {
+            workers: 2,
+            connections: 10,
+            ..RunArgs::default()
+        };
+        assert_eq!(Layout::plan(&forced, 20_000).workers, 2);
+    }
+
+    #[test]
+    fn zero_rate_only_where_allowed() {
+        assert_eq!(parse_rate_with("0/s", true).unwrap(), 0.0);
+        assert!(parse_rate_with("0/s", false).is_err());
+        assert!(parse_rate_with("-1/s", true).is_err());
     }
 }

@@ -263,6 +263,29 @@ impl PublisherTracker {
         }
     }
 
+    /// Ends tracking of `guild` knowing the publisher's last accepted `pseq` was `last`:
+    /// events after the highest one seen never arrived, and count as gaps. Returns how
+    /// many that was. A guild this session never saw is counted from its expected first
+    /// `pseq` under [`FirstExpected::At`], and not at all under `FirstSeen` (where the
+    /// session could not know which events were meant for it).
+    pub fn close(&mut self, guild: u64, last: u64) -> u64 {
+        let missing = match (self.guilds.get(&guild), self.first_expected) {
+            (Some(stream), _) => last.saturating_sub(stream.highest),
+            (None, FirstExpected::At(first)) => (last + 1).saturating_sub(first),
+            (None, FirstExpected::FirstSeen) => 0,
+        };
+        if let Some(stream) = self.guilds.get_mut(&guild) {
+            stream.highest = stream.highest.max(last);
+        }
+        self.totals.gaps += missing;
+        missing
+    }
+
+    /// The highest `pseq` seen for `guild`.
+    pub fn highest(&self, guild: u64) -> Option<u64> {
+        self.guilds.get(&guild).map(|s| s.highest)
+    }
+
     /// This session's counts so far.
     pub fn totals(&self) -> Totals {
         self.totals.clone()
@@ -346,6 +369,37 @@ impl LatencyRecorder {
         self.dropped
     }
 
+    /// The histogram as `(value_us, count)` pairs plus the two side counts, for sending
+    /// between processes; [`LatencyRecorder::from_wire`] rebuilds it.
+    pub fn to_wire(&self) -> WireLatency {
+        WireLatency {
+            buckets: self
+                .histogram
+                .iter_recorded()
+                .map(|v| (v.value_iterated_to(), v.count_at_value()))
+                .collect(),
+            clock_skew: self.clock_skew,
+            dropped: self.dropped,
+        }
+    }
+
+    /// Rebuilds a recorder from [`LatencyRecorder::to_wire`]'s output. Values are clamped
+    /// as [`LatencyRecorder::record`] clamps them, so hostile input cannot fail it.
+    pub fn from_wire(wire: &WireLatency) -> LatencyRecorder {
+        let mut r = LatencyRecorder::new();
+        for &(value, count) in &wire.buckets {
+            if r.histogram
+                .record_n(value.min(MAX_LATENCY_US), count)
+                .is_err()
+            {
+                r.dropped += count;
+            }
+        }
+        r.clock_skew = wire.clock_skew;
+        r.dropped += wire.dropped;
+        r
+    }
+
     /// The percentiles in milliseconds; all zero when nothing was recorded.
     pub fn percentiles(&self) -> LatencyMs {
         let ms = |us: u64| us as f64 / 1000.0;
@@ -358,6 +412,17 @@ impl LatencyRecorder {
             max: ms(h.max()),
         }
     }
+}
+
+/// A [`LatencyRecorder`] in transit between a worker process and the coordinator.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireLatency {
+    /// `(value in µs, count)` for every non-empty histogram bucket.
+    pub buckets: Vec<(u64, u64)>,
+    /// See [`LatencyRecorder::clock_skew`].
+    pub clock_skew: u64,
+    /// See [`LatencyRecorder::dropped`].
+    pub dropped: u64,
 }
 
 /// Latency percentiles in milliseconds, as they appear in the report (`latency_ms.*`).
@@ -585,5 +650,42 @@ mod tests {
         assert_eq!(a.count(), 3);
         assert_eq!(a.clock_skew(), 1);
         assert!((a.percentiles().max - 250.0).abs() < 0.5);
+    }
+
+    #[test]
+    fn close_counts_events_lost_after_the_last_one_seen() {
+        let mut t = PublisherTracker::new(FirstExpected::At(1));
+        for p in 1..=5 {
+            t.observe(9, p);
+        }
+        // Published through 8: 6, 7 and 8 never came.
+        assert_eq!(t.close(9, 8), 3);
+        assert_eq!(t.totals().gaps, 3);
+        // Caught up: nothing more is lost, and closing again changes nothing.
+        assert_eq!(t.close(9, 8), 0);
+        // A guild that never delivered loses everything it published.
+        assert_eq!(t.close(10, 4), 4);
+        assert_eq!(t.highest(9), Some(8));
+        let mut late = PublisherTracker::default();
+        assert_eq!(late.close(3, 10), 0, "FirstSeen cannot know what it missed");
+    }
+
+    #[test]
+    fn latency_survives_the_wire() {
+        let mut r = LatencyRecorder::new();
+        for us in [100, 250, 250, 9_000, 1_000_000] {
+            r.record(0, us);
+        }
+        r.record(10, 5);
+        let back = LatencyRecorder::from_wire(&r.to_wire());
+        assert_eq!(back.count(), r.count());
+        assert_eq!(back.clock_skew(), 1);
+        assert_eq!(back.percentiles(), r.percentiles());
+        // Hostile buckets are clamped, never a panic.
+        let hostile = WireLatency {
+            buckets: vec![(u64::MAX, 3)],
+            ..WireLatency::default()
+        };
+        assert_eq!(LatencyRecorder::from_wire(&hostile).count(), 3);
     }
 }

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Starts N standalone Concord nodes on loopback for load tests and prints what
+# concord-loadtest needs: --targets, --api and --pids. Each node is its own process, so
+# each gets its own 20,000 open files. Stop them with: kill $(cat "$DIR/pids")
+#
+#   scripts/local-nodes.sh N [extra concord serve flags...]
+#
+# Node k listens on 127.0.0.1:(18000+10k) for clients, +1 API, +2 admin. Uses
+# target/release/concord (cargo build --release -p concord-gateway).
+set -euo pipefail
+n=${1:?usage: local-nodes.sh N [serve flags...]}
+shift
+bin=${CONCORD_BIN:-target/release/concord}
+dir=${CONCORD_NODES_DIR:-/tmp/concord-nodes}
+mkdir -p "$dir"
+: >"$dir/pids"
+targets=()
+for k in $(seq 0 $((n - 1))); do
+  base=$((18000 + 10 * k))
+  CONCORD_TOKEN_SECRET=${CONCORD_TOKEN_SECRET:-concord-dev-token-secret} \
+  CONCORD_PUBLISH_SECRET=${CONCORD_PUBLISH_SECRET:-concord-dev-publish-secret} \
+    "$bin" serve --node-id "n$k" \
+    --listen "127.0.0.1:$base" --api-listen "127.0.0.1:$((base + 1))" \
+    --admin-listen "127.0.0.1:$((base + 2))" \
+    --public-url "ws://127.0.0.1:$base" \
+    --max-connections 19000 --identify-max-concurrency 100000 \
+    --log warn "$@" >"$dir/n$k.log" 2>&1 &
+  echo $! >>"$dir/pids"
+  targets+=("ws://127.0.0.1:$base")
+done
+for k in $(seq 0 $((n - 1))); do
+  for _ in $(seq 1 100); do
+    curl -fs "http://127.0.0.1:$((18000 + 10 * k + 2))/readyz" >/dev/null && break
+    sleep 0.1
+  done
+done
+# Publishes go to node 0's API; a single node owns every guild until clustering lands,
+# so runs across several standalone nodes use --publish-rate 0/s (idle).
+echo "--targets $(IFS=,; echo "${targets[*]}") --api http://127.0.0.1:18001 --pids $(paste -sd, "$dir/pids")"
