@@ -1,4 +1,5 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz` and `POST /admin/drain`.
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `POST /admin/drain` and
+//! `POST /admin/dictionaries/retrain`.
 
 use std::sync::Arc;
 
@@ -18,6 +19,8 @@ pub struct AdminState {
     pub drain: CancellationToken,
     /// Sessions on this node, for `/readyz`.
     pub registry: Arc<crate::session::Registry>,
+    /// The zstd-dict dictionaries, for retraining on demand.
+    pub dicts: Arc<crate::dicts::DictStore>,
 }
 
 /// The admin routes.
@@ -27,6 +30,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/admin/drain", post(drain))
+        .route("/admin/dictionaries/retrain", post(retrain))
         .with_state(state)
 }
 
@@ -48,6 +52,33 @@ async fn readyz(State(s): State<AdminState>) -> (StatusCode, String) {
             StatusCode::OK,
             format!("ready, {} sessions\n", s.registry.len()),
         )
+    }
+}
+
+/// Trains a dictionary on the node's recent zstd-dict traffic now and makes it the
+/// newest: `200 {"id", "size", "samples"}`, or `409 {"error"}` with too little traffic.
+async fn retrain(State(s): State<AdminState>) -> (StatusCode, axum::Json<serde_json::Value>) {
+    let store = s.dicts.clone();
+    let samples = store.sampled();
+    match tokio::task::spawn_blocking(move || store.retrain()).await {
+        Ok(Ok(dict)) => {
+            crate::metrics::dict_rotated();
+            tracing::info!(id = %dict.id(), samples, "retrained a zstd-dict dictionary");
+            (
+                StatusCode::OK,
+                axum::Json(
+                    serde_json::json!({"id": dict.id().0, "size": dict.bytes().len(), "samples": samples}),
+                ),
+            )
+        }
+        Ok(Err(e)) => (
+            StatusCode::CONFLICT,
+            axum::Json(serde_json::json!({"error": e.to_string()})),
+        ),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            axum::Json(serde_json::json!({"error": format!("retrain task failed: {e}")})),
+        ),
     }
 }
 

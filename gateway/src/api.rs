@@ -11,7 +11,7 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use bytes::Bytes;
 use concord_protocol::token::{self, Claims};
-use concord_protocol::zstd_dict::{DictId, DictSet};
+use concord_protocol::zstd_dict::DictId;
 use concord_protocol::{CurrentUser, GuildId, UserId, frame};
 use concord_router::Topic;
 use serde::Deserialize;
@@ -31,7 +31,7 @@ pub struct ApiState {
     /// The gateway URL clients connect to.
     pub public_url: String,
     /// The zstd-dict dictionaries this node serves.
-    pub dicts: Arc<DictSet>,
+    pub dicts: Arc<crate::dicts::DictStore>,
 }
 
 /// An API error, answered as `{"code": ..., "message": ...}`.
@@ -220,23 +220,43 @@ async fn set_member(
 }
 
 async fn list_dictionaries(State(s): State<ApiState>) -> Json<serde_json::Value> {
-    let list: Vec<_> = s
-        .dicts
+    let dicts = s.dicts.current();
+    let list: Vec<_> = dicts
         .iter()
         .map(|d| json!({"id": d.id().0, "size": d.bytes().len()}))
         .collect();
-    let newest = s.dicts.newest().map(|d| d.id().0);
+    let newest = dicts.newest().map(|d| d.id().0);
     Json(json!({"dictionaries": list, "newest": newest}))
 }
 
 /// The raw dictionary bytes, for clients of `compress=zstd-dict`. Dictionaries never
-/// change under an id, so they may be cached forever.
-async fn dictionary(State(s): State<ApiState>, Path(id): Path<u32>) -> Response {
-    match s.dicts.find(DictId(id)) {
+/// change under an id, so they may be cached forever. A dictionary retrained on this
+/// node's traffic can hold fragments of that traffic, so it is served only with a valid
+/// client token (`Authorization`, as for `/users/@me`); the shipped and configured ones
+/// are public.
+async fn dictionary(
+    State(s): State<ApiState>,
+    Path(id): Path<u32>,
+    headers: HeaderMap,
+) -> Response {
+    let id = DictId(id);
+    if !s.dicts.is_pinned(id)
+        && let Err(e) = token_claims(&headers, &s.config)
+    {
+        return e.into_response();
+    }
+    match s.dicts.current().find(id) {
         Some(d) => (
             [
                 (header::CONTENT_TYPE, "application/octet-stream"),
-                (header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
+                (
+                    header::CACHE_CONTROL,
+                    if s.dicts.is_pinned(id) {
+                        "public, max-age=31536000, immutable"
+                    } else {
+                        "private, max-age=31536000, immutable"
+                    },
+                ),
             ],
             Bytes::copy_from_slice(d.bytes()),
         )

@@ -154,6 +154,10 @@ pub struct ServeArgs {
     /// The API URL clients are told to download dictionaries from [default: http://<api-listen>].
     #[arg(long, env = "CONCORD_PUBLIC_API_URL")]
     pub public_api_url: Option<String>,
+    /// Retrain a zstd-dict dictionary on this node's recent traffic this often, e.g. `10m`,
+    /// and make it the newest [default: off; `POST /admin/dictionaries/retrain` any time].
+    #[arg(long, env = "CONCORD_DICT_RETRAIN")]
+    pub dict_retrain: Option<HumanDuration>,
 }
 
 macro_rules! fill_from {
@@ -198,7 +202,7 @@ impl ServeArgs {
             publish_secret, heartbeat_interval, resume_window, replay_max_events,
             replay_max_bytes, session_queue, guild_log_events, max_connections,
             identify_max_concurrency, handshake_timeout, drain_grace, zstd,
-            max_event_bytes, log, dicts, public_api_url);
+            max_event_bytes, log, dicts, public_api_url, dict_retrain);
         Ok(self)
     }
 
@@ -266,10 +270,19 @@ impl ServeArgs {
             log: self.log.unwrap_or_else(|| "info".into()),
             dicts: self.dicts.unwrap_or_default(),
             public_api_url: self.public_api_url,
+            dict_retrain: self.dict_retrain.map(|d| d.0),
         };
         if config.heartbeat_interval < Duration::from_millis(100) {
             return Err(ConfigError::Invalid(
                 "heartbeat-interval must be at least 100ms".into(),
+            ));
+        }
+        if config
+            .dict_retrain
+            .is_some_and(|d| d < Duration::from_secs(1))
+        {
+            return Err(ConfigError::Invalid(
+                "dict-retrain must be at least 1s (a retrain takes about a second of CPU)".into(),
             ));
         }
         if config.identify_max_concurrency == 0 || config.max_connections == 0 {
@@ -328,6 +341,8 @@ pub struct Config {
     pub dicts: Vec<PathBuf>,
     /// Advertised API URL; `None` means `http://<bound API address>`.
     pub public_api_url: Option<String>,
+    /// How often to retrain a dictionary on recent traffic; `None`: only on request.
+    pub dict_retrain: Option<Duration>,
 }
 
 impl Config {

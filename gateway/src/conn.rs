@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use concord_protocol::codec::{Compression, Encoder};
-use concord_protocol::zstd_dict::{self, BodyCompressor, DictId, DictSet, Dictionary, SharedBody};
+use concord_protocol::zstd_dict::{self, BodyCompressor, DictId, Dictionary, SharedBody};
 use concord_protocol::{
     CloseCode, CurrentUser, GATEWAY_VERSION, GuildId, Identify, Ready, ReadyApplication,
     ReadyDictionary, Resume, Seq, SessionId, UnavailableGuild, frame, intents, token,
@@ -59,8 +59,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Cancelled when the node drains: every connection sends op 7 and closes.
     pub drain: CancellationToken,
-    /// The zstd-dict dictionaries this node serves, oldest first.
-    pub dicts: Arc<DictSet>,
+    /// The zstd-dict dictionaries this node serves, and their rotation.
+    pub dicts: Arc<crate::dicts::DictStore>,
     /// Where clients download dictionaries (`<public API URL>/v1/dictionaries/`).
     pub dict_url_base: String,
 }
@@ -250,7 +250,7 @@ impl Connection {
                 Err(_) => Err(CloseCode::UnknownError),
             },
             Ok(Transport::Dict(id)) => {
-                let dicts = &self.shared.dicts;
+                let dicts = self.shared.dicts.current();
                 let dict = match id {
                     Some(id) => dicts.find(DictId(id)),
                     None => dicts.newest(),
@@ -268,7 +268,13 @@ impl Connection {
         let stop = match stop {
             Err(code) => self.close(code).await,
             Ok(()) => {
-                let ids: Vec<u32> = self.shared.dicts.iter().map(|d| d.id().0).collect();
+                let ids: Vec<u32> = self
+                    .shared
+                    .dicts
+                    .current()
+                    .iter()
+                    .map(|d| d.id().0)
+                    .collect();
                 let hello = frame::hello_with_dictionaries(
                     self.shared.config.heartbeat_interval.as_millis() as u64,
                     &ids,
@@ -428,6 +434,7 @@ impl Connection {
             dictionaries: self
                 .shared
                 .dicts
+                .current()
                 .iter()
                 .map(|d| ReadyDictionary {
                     id: d.id().0,
@@ -629,6 +636,10 @@ impl Connection {
             // few header bytes are this session's.
             let (body, fresh) = event
                 .dict_body(dict.id(), || {
+                    // READY is one session's own: never train on it.
+                    if &*event.event_type != "READY" {
+                        self.shared.dicts.sample(&event.event_type, &event.body);
+                    }
                     dict_compress(dict, 0, Some(&event.event_type), &event.body)
                 })
                 .map_err(|_| Stop::Dropped)?;

@@ -45,6 +45,7 @@ pub mod api;
 pub mod config;
 pub mod conn;
 pub mod dict_cli;
+pub mod dicts;
 pub mod grpc;
 pub mod hub;
 pub mod limits;

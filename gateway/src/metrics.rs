@@ -114,6 +114,16 @@ pub fn dict_compression(event_type: &str, raw: usize, compressed: usize) {
     counter!("concord_dict_bytes_saved_total").increment(raw.saturating_sub(compressed) as u64);
 }
 
+/// Counts one dictionary rotation (a retrained dictionary became the newest).
+pub fn dict_rotated() {
+    counter!("concord_dict_rotations_total").increment(1);
+}
+
+/// Sets how many zstd-dict dictionaries the node serves.
+pub fn dictionaries(n: usize) {
+    gauge!("concord_dictionaries").set(n as f64);
+}
+
 fn known_event_type(t: &str) -> &'static str {
     const KNOWN: &[&str] = &[
         "READY",

@@ -20,6 +20,7 @@ use crate::admin::{self, AdminState};
 use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::conn::{self, Shared};
+use crate::dicts::DictStore;
 use crate::grpc::PublishService;
 use crate::hub::Hub;
 use crate::limits::IdentifyLimiter;
@@ -101,7 +102,7 @@ pub async fn start(config: Config, listeners: Listeners) -> io::Result<Node> {
         .public_api_url
         .clone()
         .unwrap_or_else(|| format!("http://{api_addr}"));
-    let dicts = Arc::new(load_dictionaries(&config.dicts)?);
+    let dicts = Arc::new(DictStore::new(load_dictionaries(&config.dicts)?));
 
     let (hub, hub_task) = Hub::new(
         config.guild_log_events,
@@ -132,6 +133,12 @@ pub async fn start(config: Config, listeners: Listeners) -> io::Result<Node> {
         drain.clone(),
     ));
     let reaper = tokio::spawn(conn::reap_expired(shared.clone(), stop.clone()));
+    tokio::spawn(rotate_dictionaries(
+        dicts.clone(),
+        config.dict_retrain,
+        config.resume_window,
+        stop.clone(),
+    ));
     if let Some(p) = prometheus.clone() {
         tokio::spawn(metrics::upkeep(p, stop.clone()));
     }
@@ -142,7 +149,7 @@ pub async fn start(config: Config, listeners: Listeners) -> io::Result<Node> {
         config: config.clone(),
         hub,
         public_url: public_url.clone(),
-        dicts,
+        dicts: dicts.clone(),
     })
     .merge(grpc);
     let api_server = tokio::spawn(
@@ -154,6 +161,7 @@ pub async fn start(config: Config, listeners: Listeners) -> io::Result<Node> {
         prometheus,
         drain: drain.clone(),
         registry,
+        dicts: dicts.clone(),
     });
     let admin_server = tokio::spawn(
         axum::serve(listeners.admin, admin_router)
@@ -194,6 +202,42 @@ pub async fn start(config: Config, listeners: Listeners) -> io::Result<Node> {
         drain,
         done,
     })
+}
+
+/// Retrains every `retrain` interval (when set), and retires dictionaries no session has
+/// held for a resume window, until `stop`.
+async fn rotate_dictionaries(
+    dicts: Arc<DictStore>,
+    retrain: Option<std::time::Duration>,
+    resume_window: std::time::Duration,
+    stop: CancellationToken,
+) {
+    let prune_every = std::time::Duration::from_secs(5);
+    let mut next_retrain = retrain.map(|r| tokio::time::Instant::now() + r);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(prune_every) => {}
+        }
+        if let (Some(at), Some(every)) = (next_retrain, retrain)
+            && tokio::time::Instant::now() >= at
+        {
+            next_retrain = Some(at + every);
+            let store = dicts.clone();
+            match tokio::task::spawn_blocking(move || store.retrain()).await {
+                Ok(Ok(dict)) => {
+                    crate::metrics::dict_rotated();
+                    tracing::info!(id = %dict.id(), "retrained a zstd-dict dictionary");
+                }
+                Ok(Err(e)) => tracing::debug!("no retrain: {e}"),
+                Err(e) => tracing::warn!("retrain task failed: {e}"),
+            }
+        }
+        for id in dicts.prune(std::time::Instant::now(), resume_window) {
+            tracing::info!(%id, "retired a zstd-dict dictionary no session uses");
+        }
+        crate::metrics::dictionaries(dicts.current().iter().count());
+    }
 }
 
 /// The shipped dictionary, then every `--dict` file (the last is the newest). Each one is

@@ -768,3 +768,143 @@ async fn zstd_dict_sends_every_session_the_same_compressed_body() {
         .unwrap();
     assert_eq!(raw as usize, expected, "{metrics}");
 }
+
+/// Retraining makes a new newest dictionary without breaking anyone: a connected session
+/// keeps decoding with the one it started with (still served), a new session that names
+/// none gets the retrained one, and both go on receiving every event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retraining_rotates_dictionaries_without_breaking_sessions() {
+    use concord_protocol::corpus::Corpus;
+    use concord_protocol::zstd_dict::{self, DictId, DictSet, Dictionary};
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    type Ws = tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >;
+    /// The next binary frame, decoded with `dicts`.
+    async fn next(ws: &mut Ws, dicts: &DictSet) -> serde_json::Value {
+        let mut decoder = zstd_dict::Decoder::new(1 << 20);
+        loop {
+            let msg = tokio::time::timeout(common::WAIT, ws.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            if let Message::Binary(b) = msg {
+                let mut out = Vec::new();
+                decoder.decode(&b, dicts, &mut out).unwrap();
+                return serde_json::from_slice(&out).unwrap();
+            }
+        }
+    }
+    async fn join(
+        node: &concord_gateway::Node,
+        cfg: &concord_gateway::Config,
+        query: &str,
+        uid: u64,
+        dicts: &DictSet,
+    ) -> Ws {
+        let url = format!(
+            "ws://{}/?v=10&encoding=json&compress=zstd-dict{query}",
+            node.client_addr
+        );
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        assert_eq!(next(&mut ws, dicts).await["op"], 10);
+        let identify = json!({"op": 2, "d": {"token": token(cfg, uid, &[9]), "intents": 513, "properties": {}}});
+        ws.send(Message::text(identify.to_string())).await.unwrap();
+        assert_eq!(next(&mut ws, dicts).await["t"], "READY");
+        assert_eq!(next(&mut ws, dicts).await["t"], "GUILD_CREATE");
+        ws
+    }
+
+    let cfg = config();
+    let node = start(cfg.clone()).await;
+    let publisher = Publisher::new(&node, &cfg);
+    let http = reqwest::Client::new();
+    let admin = format!("http://{}", node.admin_addr);
+    let retrain = || {
+        http.post(format!("{admin}/admin/dictionaries/retrain"))
+            .send()
+    };
+    let shipped = Dictionary::default_shipped();
+    let old: DictSet = [shipped.clone()].into_iter().collect();
+
+    // Too little traffic to train on: a clear 409.
+    let r = retrain().await.unwrap();
+    assert_eq!(r.status(), 409);
+    assert!(r.text().await.unwrap().contains("sampled event bodies"));
+
+    // A session on the shipped dictionary sees 1,100 realistic messages; each is
+    // compressed once and sampled.
+    let mut a = join(&node, &cfg, "", 1, &old).await;
+    let messages: Vec<serde_json::Value> = Corpus::generate(3, 20_000)
+        .into_iter()
+        .filter(|e| e.t == "MESSAGE_CREATE")
+        .take(1_100)
+        .map(|e| serde_json::from_slice(&e.d).unwrap())
+        .collect();
+    assert_eq!(messages.len(), 1_100);
+    for chunk in messages.chunks(100) {
+        for d in chunk {
+            publisher.guild(9, "MESSAGE_CREATE", d.clone()).await;
+        }
+        for d in chunk {
+            assert_eq!(&next(&mut a, &old).await["d"], d);
+        }
+    }
+
+    let r = retrain().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    let fresh_id = DictId(body["id"].as_u64().unwrap() as u32);
+    assert_ne!(fresh_id, shipped.id());
+    // The messages and the GUILD_CREATE; never READY.
+    assert_eq!(body["samples"], 1_101);
+
+    // The retrained dictionary is listed as the newest and downloadable; the shipped one
+    // is still served.
+    let api = format!("http://{}", node.api_addr);
+    let list: serde_json::Value = reqwest::get(format!("{api}/v1/dictionaries"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["newest"], fresh_id.0);
+    let fetch = |id: DictId, auth: &str| {
+        http.get(format!("{api}/v1/dictionaries/{id}"))
+            .header("authorization", auth)
+            .send()
+    };
+    assert_eq!(fetch(shipped.id(), "").await.unwrap().status(), 200);
+    // A retrained dictionary holds fragments of traffic: clients only.
+    assert_eq!(fetch(fresh_id, "").await.unwrap().status(), 401);
+    let fresh_bytes = fetch(fresh_id, &token(&cfg, 1, &[9]))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let fresh = Dictionary::from_bytes(fresh_bytes.to_vec()).unwrap();
+    assert_eq!(fresh.id(), fresh_id);
+
+    // A new session that names no dictionary gets the retrained one (its frames decode
+    // with that dictionary alone); the old session keeps its own. Both receive the next
+    // events.
+    let new_only: DictSet = [fresh.clone()].into_iter().collect();
+    let mut b = join(&node, &cfg, "", 2, &new_only).await;
+    let tail = &messages[..50];
+    for d in tail {
+        publisher.guild(9, "MESSAGE_CREATE", d.clone()).await;
+    }
+    for d in tail {
+        assert_eq!(
+            &next(&mut a, &old).await["d"],
+            d,
+            "the old session still decodes"
+        );
+        assert_eq!(&next(&mut b, &new_only).await["d"], d);
+    }
+    let _ = (a.close(None).await, b.close(None).await);
+}

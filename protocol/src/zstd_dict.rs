@@ -236,6 +236,12 @@ impl fmt::Debug for Dictionary {
 }
 
 impl Dictionary {
+    /// How many handles to this dictionary exist, this one included. A node uses it to
+    /// tell whether any connection still holds a dictionary it wants to retire.
+    pub fn holders(&self) -> usize {
+        Arc::strong_count(&self.inner)
+    }
+
     /// A dictionary from its bytes (a zstd dictionary, or raw content), compressing at
     /// [`DEFAULT_LEVEL`].
     pub fn from_bytes(bytes: impl Into<Box<[u8]>>) -> Result<Dictionary, DictError> {
