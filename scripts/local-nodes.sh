@@ -15,6 +15,7 @@ dir=${CONCORD_NODES_DIR:-/tmp/concord-nodes}
 mkdir -p "$dir"
 : >"$dir/pids"
 targets=()
+apis=()
 for k in $(seq 0 $((n - 1))); do
   base=$((18000 + 10 * k))
   CONCORD_TOKEN_SECRET=${CONCORD_TOKEN_SECRET:-concord-dev-token-secret} \
@@ -27,6 +28,7 @@ for k in $(seq 0 $((n - 1))); do
     --log warn "$@" >"$dir/n$k.log" 2>&1 &
   echo $! >>"$dir/pids"
   targets+=("ws://127.0.0.1:$base")
+  apis+=("http://127.0.0.1:$((base + 1))")
 done
 for k in $(seq 0 $((n - 1))); do
   for _ in $(seq 1 100); do
@@ -34,6 +36,6 @@ for k in $(seq 0 $((n - 1))); do
     sleep 0.1
   done
 done
-# Publishes go to node 0's API; a single node owns every guild until clustering lands,
-# so runs across several standalone nodes use --publish-rate 0/s (idle).
-echo "--targets $(IFS=,; echo "${targets[*]}") --api http://127.0.0.1:18001 --pids $(paste -sd, "$dir/pids")"
+# These nodes do not form a cluster, so the load tester publishes every event to each
+# node's API (--api lists them all), and each node fans out to its own sessions.
+echo "--targets $(IFS=,; echo "${targets[*]}") --api $(IFS=,; echo "${apis[*]}") --pids $(paste -sd, "$dir/pids")"

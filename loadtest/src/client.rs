@@ -2,13 +2,17 @@
 //! every dispatch, and resume at `resume_gateway_url` with jittered backoff when the
 //! connection drops or the node sends op 7.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use concord_protocol::codec::{Compression, Decoder};
 use concord_protocol::zstd_dict::{self, DictSet, Dictionary};
 use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
@@ -58,17 +62,16 @@ impl Transport {
 /// Decodes whatever the transport sends into JSON text.
 enum ClientDecoder {
     Stream(Decoder),
-    Dict(zstd_dict::Decoder, DictSet),
+    Dict(zstd_dict::Decoder, Arc<DictSet>),
 }
 
 impl ClientDecoder {
-    fn new(t: Transport) -> anyhow::Result<ClientDecoder> {
+    fn new(t: Transport, dicts: &Arc<DictSet>) -> anyhow::Result<ClientDecoder> {
         Ok(match t {
             Transport::Stream(c) => ClientDecoder::Stream(Decoder::new(c, 16 << 20)?),
-            Transport::Dict => ClientDecoder::Dict(
-                zstd_dict::Decoder::new(16 << 20),
-                [Dictionary::default_shipped()].into_iter().collect(),
-            ),
+            Transport::Dict => {
+                ClientDecoder::Dict(zstd_dict::Decoder::new(16 << 20), dicts.clone())
+            }
         })
     }
 
@@ -80,6 +83,84 @@ impl ClientDecoder {
             }
         }
         Ok(())
+    }
+}
+
+/// The shipped dictionary plus every dictionary the nodes behind `apis` list
+/// (`GET /v1/dictionaries`), so a client can decode whichever one its node picks, the
+/// retrained ones included.
+pub async fn fetch_dictionaries(apis: &[String], token: &str) -> anyhow::Result<DictSet> {
+    let mut set: DictSet = [Dictionary::default_shipped()].into_iter().collect();
+    let http = reqwest::Client::new();
+    for api in apis {
+        let list: Value = http
+            .get(format!("{api}/v1/dictionaries"))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let ids = list["dictionaries"].as_array().cloned().unwrap_or_default();
+        for id in ids.iter().filter_map(|d| d["id"].as_u64()) {
+            if set.iter().any(|d| u64::from(d.id().0) == id) {
+                continue;
+            }
+            // Retrained dictionaries are served to clients only.
+            let bytes = http
+                .get(format!("{api}/v1/dictionaries/{id}"))
+                .header("authorization", token)
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await?
+                .error_for_status()?
+                .bytes()
+                .await?;
+            set.insert(Dictionary::from_bytes(bytes.to_vec())?);
+        }
+        // The node's newest last, so it is also this set's newest.
+        let newest = list["newest"].as_u64();
+        let newest = set
+            .iter()
+            .find(|d| Some(u64::from(d.id().0)) == newest)
+            .cloned();
+        if let Some(d) = newest {
+            set.insert(d);
+        }
+    }
+    Ok(set)
+}
+
+/// A gateway payload (or a peer message), parsed without copying: `d` stays raw until
+/// something needs it, and a delivery needs only its three `lt_*` marks.
+#[derive(Debug, Deserialize)]
+struct Envelope<'a> {
+    op: Option<u64>,
+    s: Option<u64>,
+    #[serde(borrow)]
+    t: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    d: Option<&'a RawValue>,
+}
+
+/// The load tester's marks in a published event's `d`; other fields are skipped.
+#[derive(Debug, Deserialize)]
+struct Marks {
+    lt_g: u64,
+    lt_pseq: u64,
+    lt_sent_us: u64,
+}
+
+impl Envelope<'_> {
+    /// `d` as a JSON value, for the rare payloads that need more than the marks.
+    fn d_value(&self) -> Option<Value> {
+        serde_json::from_str(self.d?.get()).ok()
+    }
+
+    /// `(guild, publisher sequence, publisher clock)` if this is a load-test event.
+    fn marks(&self) -> Option<(u64, u64, u64)> {
+        let m: Marks = serde_json::from_str(self.d?.get()).ok()?;
+        Some((m.lt_g, m.lt_pseq, m.lt_sent_us))
     }
 }
 
@@ -105,6 +186,8 @@ pub struct SessionPlan {
     pub source: Option<SocketAddr>,
     /// A hard bound on the session's life.
     pub until: Instant,
+    /// The zstd-dict dictionaries this client knows (shared by the process's sessions).
+    pub dicts: Arc<DictSet>,
     /// The run's phase.
     pub phase: watch::Receiver<Phase>,
 }
@@ -168,7 +251,7 @@ pub async fn run_session(plan: SessionPlan, transport: Transport, shared: &Share
             Some(a) if counted => Some(SocketAddr::new(a.ip(), 0)),
             other => other,
         };
-        match connect(&url, source, transport).await {
+        match connect(&url, source, transport, &plan.dicts).await {
             Ok((mut ws, mut dec)) => {
                 if !counted {
                     counted = true;
@@ -281,6 +364,7 @@ async fn connect(
     url: &str,
     source: Option<SocketAddr>,
     transport: Transport,
+    dicts: &Arc<DictSet>,
 ) -> anyhow::Result<(Ws, ClientDecoder)> {
     let url = format!(
         "{}/?v=10&encoding=json{}",
@@ -303,7 +387,7 @@ async fn connect(
         anyhow::Ok(ws)
     })
     .await??;
-    Ok((ws, ClientDecoder::new(transport)?))
+    Ok((ws, ClientDecoder::new(transport, dicts)?))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -379,13 +463,16 @@ async fn drive(
             shared.errors.fetch_add(1, Ordering::Relaxed);
             return Ended::Reconnect;
         }
-        let Ok(v) = serde_json::from_slice::<Value>(&out) else {
+        let Ok(env) = serde_json::from_slice::<Envelope<'_>>(&out) else {
             shared.errors.fetch_add(1, Ordering::Relaxed);
             continue;
         };
-        match v["op"].as_u64() {
+        match env.op {
             Some(10) => {
-                let interval = v["d"]["heartbeat_interval"].as_u64().unwrap_or(41_250);
+                let interval = env
+                    .d_value()
+                    .and_then(|d| d["heartbeat_interval"].as_u64())
+                    .unwrap_or(41_250);
                 let first = next(rng) % interval.max(1);
                 heartbeat = Some(tokio::time::interval_at(
                     tokio::time::Instant::now() + Duration::from_millis(first),
@@ -412,14 +499,14 @@ async fn drive(
                 return Ended::Invalid;
             }
             Some(0) => {
-                let s = v["s"].as_u64().unwrap_or(0);
+                let s = env.s.unwrap_or(0);
                 match seq.observe(s) {
                     SeqVerdict::Next => {}
                     _ => {
                         shared.seq_errors.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                match v["t"].as_str() {
+                match env.t.as_deref() {
                     Some("READY") => {
                         // Ready before publishing began: every event is this session's,
                         // from the first, so losing the first ones counts.
@@ -427,8 +514,9 @@ async fn drive(
                             *tracker = PublisherTracker::new(FirstExpected::At(1));
                         }
                         shared.record_ready(started.elapsed());
-                        let id = v["d"]["session_id"].as_str().unwrap_or_default().to_owned();
-                        let resume = v["d"]["resume_gateway_url"]
+                        let d = env.d_value().unwrap_or_default();
+                        let id = d["session_id"].as_str().unwrap_or_default().to_owned();
+                        let resume = d["resume_gateway_url"]
                             .as_str()
                             .unwrap_or(&plan.url)
                             .to_owned();
@@ -438,12 +526,7 @@ async fn drive(
                         shared.resumes_ok.fetch_add(1, Ordering::Relaxed);
                     }
                     _ => {
-                        let d = &v["d"];
-                        if let (Some(g), Some(pseq), Some(sent)) = (
-                            d["lt_g"].as_u64(),
-                            d["lt_pseq"].as_u64(),
-                            d["lt_sent_us"].as_u64(),
-                        ) {
+                        if let Some((g, pseq, sent)) = env.marks() {
                             shared.deliveries.fetch_add(1, Ordering::Relaxed);
                             shared.record_latency(sent, unix_us());
                             // The tracker keeps the gap and duplicate totals itself.
@@ -525,16 +608,11 @@ pub async fn run_peer_session(
             }
         };
         shared.bytes.fetch_add(wire as u64, Ordering::Relaxed);
-        let Ok(v) = serde_json::from_slice::<Value>(&payload) else {
+        let Ok(env) = serde_json::from_slice::<Envelope<'_>>(&payload) else {
             shared.errors.fetch_add(1, Ordering::Relaxed);
             continue;
         };
-        let d = &v["d"];
-        if let (Some(g), Some(pseq), Some(sent)) = (
-            d["lt_g"].as_u64(),
-            d["lt_pseq"].as_u64(),
-            d["lt_sent_us"].as_u64(),
-        ) {
+        if let Some((g, pseq, sent)) = env.marks() {
             shared.deliveries.fetch_add(1, Ordering::Relaxed);
             shared.record_latency(sent, unix_us());
             let _ = tracker.observe(g, pseq);

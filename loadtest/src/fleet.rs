@@ -28,6 +28,7 @@ use crate::client::{self, SessionPlan, Transport};
 use crate::peer::PeerUrl;
 use crate::stats::{Counters, Shared, Snapshot, Whole};
 use crate::track::{LatencyRecorder, Totals};
+use concord_protocol::zstd_dict::DictSet;
 
 /// Guild ids start here, so they look like ids and never collide with 0.
 pub const GUILD_BASE: u64 = 1_000_000;
@@ -59,6 +60,8 @@ pub struct FleetPlan {
     pub target: Target,
     /// Secret to mint client tokens with.
     pub token_secret: String,
+    /// API URLs to fetch zstd-dict dictionaries from.
+    pub apis: Vec<String>,
     /// `none`, `zlib-stream`, `zstd-stream` or `zstd-dict`.
     pub compress: String,
     /// Sessions in the whole run.
@@ -143,7 +146,7 @@ impl FleetPlan {
     }
 
     /// Starts sessions `i` with `i % of == index` in this process.
-    pub fn spawn(
+    pub async fn spawn(
         &self,
         index: usize,
         of: usize,
@@ -158,6 +161,22 @@ impl FleetPlan {
             Target::Concord { urls } if urls.is_empty() => bail!("no target URLs"),
             Target::Concord { .. } => None,
         };
+        let dicts = Arc::new(match (transport, &self.target) {
+            (Transport::Dict, Target::Concord { .. }) => {
+                let claims = Claims {
+                    uid: u64::MAX,
+                    name: "concord-loadtest".into(),
+                    guilds: Vec::new(),
+                    exp: self.deadline_unix_us / 1_000_000 + 86_400,
+                    bot: false,
+                };
+                let token = token::mint(self.token_secret.as_bytes(), &claims);
+                client::fetch_dictionaries(&self.apis, &token)
+                    .await
+                    .context("cannot fetch the nodes' zstd-dict dictionaries")?
+            }
+            _ => DictSet::new(),
+        });
         let start = instant_at(self.start_unix_us);
         let deadline = instant_at(self.deadline_unix_us);
         let exp = self.deadline_unix_us / 1_000_000 + 86_400;
@@ -184,6 +203,7 @@ impl FleetPlan {
                         guild,
                         source,
                         until: deadline,
+                        dicts: dicts.clone(),
                         phase,
                     };
                     tokio::spawn(async move {
@@ -307,7 +327,7 @@ impl Fleet {
             },
         };
         if workers == 0 {
-            fleet.local_sessions = plan.spawn(0, 1, &local, &phase_rx)?;
+            fleet.local_sessions = plan.spawn(0, 1, &local, &phase_rx).await?;
             return Ok(fleet);
         }
         for index in 0..workers {
@@ -426,7 +446,7 @@ pub async fn worker_main() -> anyhow::Result<()> {
     };
     let shared = Arc::new(Shared::default());
     let (phase_tx, phase_rx) = watch::channel(Phase::Ramp);
-    let sessions = plan.spawn(index, of, &shared, &phase_rx)?;
+    let sessions = plan.spawn(index, of, &shared, &phase_rx).await?;
     // Control lines; a closed stdin means the coordinator is gone: stop.
     tokio::spawn(async move {
         loop {
@@ -481,6 +501,7 @@ mod tests {
                 urls: vec!["ws://127.0.0.1:1".into()],
             },
             token_secret: "s".into(),
+            apis: Vec::new(),
             compress: "none".into(),
             connections: 1000,
             ramp_per_sec: 1000.0,

@@ -17,6 +17,7 @@ pub fn render(report: &Report) -> String {
         escape(&title)
     );
     page.push_str(&summary_table(report));
+    page.push_str(&peer_table(report));
     page.push_str(&server_table(report));
 
     let t: Vec<f64> = report.timeline.iter().map(|s| s.t_sec).collect();
@@ -74,6 +75,33 @@ pre{background:#f5f5f5;padding:1em}";
 const BLUE: &str = "#1f77b4";
 const GREEN: &str = "#2ca02c";
 const RED: &str = "#d62728";
+
+/// Concord next to each `--peer`, one row per target; empty without peers.
+fn peer_table(r: &Report) -> String {
+    if r.peers.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "<h2>Compared with peers (same load, same box)</h2>\n<table>\n<tr><th>target</th><th>deliveries/s</th><th>p50 ms</th><th>p99 ms</th><th>p999 ms</th><th>bytes/delivery</th><th>gaps</th><th>duplicates</th><th>errors</th></tr>\n",
+    );
+    for t in std::iter::once(r).chain(&r.peers) {
+        let _ = writeln!(
+            out,
+            "<tr><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+            escape(&t.target),
+            num(t.deliveries.per_sec),
+            num(t.latency_ms.p50),
+            num(t.latency_ms.p99),
+            num(t.latency_ms.p999),
+            num(t.bytes_received_per_delivery),
+            t.gaps,
+            t.duplicates,
+            t.errors
+        );
+    }
+    out.push_str("</table>\n");
+    out
+}
 
 fn summary_table(r: &Report) -> String {
     let rows: [(&str, String); 18] = [
@@ -340,6 +368,18 @@ mod tests {
             assert!(page.contains(&format!(">{n}<")), "page lacks {n}");
         }
         assert!(!page.contains("http://cdn") && !page.contains("<script"));
+    }
+
+    #[test]
+    fn peers_get_a_comparison_row_each() {
+        let mut r = sample_report();
+        assert!(!render(&r).contains("Compared with peers"));
+        let mut redis = sample_report();
+        redis.target = "redis<1>".into();
+        r.peers.push(redis);
+        let page = render(&r);
+        assert!(page.contains("Compared with peers"));
+        assert!(page.contains("<td>redis&lt;1&gt;</td>"));
     }
 
     #[test]

@@ -34,9 +34,10 @@ pub struct RunArgs {
     /// Gateway URLs, comma-separated; sessions are spread over them.
     #[arg(long, value_delimiter = ',', default_value = "ws://127.0.0.1:8080")]
     pub targets: Vec<String>,
-    /// The API URL publishes go to.
-    #[arg(long, default_value = "http://127.0.0.1:8081")]
-    pub api: String,
+    /// The API URL publishes go to. Several, comma-separated, are for standalone nodes
+    /// that do not form a cluster: every event is then published to each of them.
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:8081")]
+    pub api: Vec<String>,
     /// The nodes' token secret (to mint client tokens).
     #[arg(
         long,
@@ -320,7 +321,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
 enum Backend {
     Http {
         client: reqwest::Client,
-        api: String,
+        apis: Vec<String>,
         secret: String,
     },
     Peer(peer::Publisher),
@@ -334,19 +335,24 @@ impl Backend {
         match self {
             Backend::Http {
                 client,
-                api,
+                apis,
                 secret,
             } => {
-                let response = client
-                    .post(format!("{api}/v1/guilds/{guild}/events"))
-                    .bearer_auth(&*secret)
-                    .header("content-type", "application/json")
-                    .body(body.to_vec())
-                    .timeout(Duration::from_secs(10))
-                    .send()
-                    .await
-                    .map_err(|_| ())?;
-                Ok(response.status().is_success())
+                // Every API in turn, so each node's copy of a guild stays in order.
+                let mut accepted = true;
+                for api in apis.iter() {
+                    let response = client
+                        .post(format!("{api}/v1/guilds/{guild}/events"))
+                        .bearer_auth(&*secret)
+                        .header("content-type", "application/json")
+                        .body(body.to_vec())
+                        .timeout(Duration::from_secs(10))
+                        .send()
+                        .await
+                        .map_err(|_| ())?;
+                    accepted &= response.status().is_success();
+                }
+                Ok(accepted)
             }
             Backend::Peer(p) => p
                 .publish(&peer::channel(guild), body)
@@ -383,6 +389,7 @@ async fn run_target(args: &RunArgs, target: Target) -> anyhow::Result<Report> {
     let plan = FleetPlan {
         target: target.clone(),
         token_secret: args.token_secret.clone(),
+        apis: args.api.clone(),
         compress: args.compress.clone(),
         connections: args.connections,
         ramp_per_sec: ramp,
@@ -529,7 +536,7 @@ async fn publish(
         let mut backend = match target {
             Target::Concord { .. } => Backend::Http {
                 client: http.clone(),
-                api: args.api.clone(),
+                apis: args.api.clone(),
                 secret: args.publish_secret.clone(),
             },
             Target::Peer { url } => Backend::Peer(
@@ -568,11 +575,11 @@ async fn publish(
             accepted
         }));
     }
-    let interval = Duration::from_secs_f64(1.0 / rate);
     let mut rng = args.seed ^ 0xabcd;
-    let mut n: u32 = 0;
+    let mut n: u64 = 0;
     loop {
-        let at = start + interval * n;
+        // n / rate, not n x (1 / rate): the rounded interval would fit one extra publish.
+        let at = start + Duration::from_secs_f64(n as f64 / rate);
         if at >= end {
             break;
         }

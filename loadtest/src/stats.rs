@@ -39,10 +39,23 @@ pub struct Shared {
     pub seq_errors: AtomicU64,
     /// Sessions that have ended.
     pub sessions_done: AtomicU64,
-    latency: Mutex<LatencyRecorder>,
-    interval: Mutex<LatencyRecorder>,
+    /// (whole run, this interval) latency recorders, sharded by runtime thread so that
+    /// thousands of deliveries a millisecond do not queue on one lock.
+    latency: [Mutex<(LatencyRecorder, LatencyRecorder)>; LATENCY_SHARDS],
     ready: Mutex<LatencyRecorder>,
     totals: Mutex<Totals>,
+}
+
+const LATENCY_SHARDS: usize = 8;
+
+/// This thread's latency shard: threads are numbered as they first record.
+fn shard() -> usize {
+    use std::sync::atomic::AtomicUsize;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % LATENCY_SHARDS;
+    }
+    SHARD.with(|s| *s)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -52,8 +65,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Shared {
     /// Records one delivery's publish-to-receive latency.
     pub fn record_latency(&self, sent_us: u64, received_us: u64) {
-        lock(&self.latency).record(sent_us, received_us);
-        lock(&self.interval).record(sent_us, received_us);
+        let mut shard = lock(&self.latency[shard()]);
+        shard.0.record(sent_us, received_us);
+        shard.1.record(sent_us, received_us);
     }
 
     /// Records the time from connecting to READY.
@@ -88,7 +102,20 @@ impl Shared {
 
     /// The latencies recorded since the last call, which starts a new interval.
     pub fn take_interval(&self) -> LatencyRecorder {
-        std::mem::take(&mut *lock(&self.interval))
+        let mut all = LatencyRecorder::new();
+        for shard in &self.latency {
+            let interval = std::mem::take(&mut lock(shard).1);
+            let _ = all.merge(&interval);
+        }
+        all
+    }
+
+    fn whole_latency(&self) -> LatencyRecorder {
+        let mut all = LatencyRecorder::new();
+        for shard in &self.latency {
+            let _ = all.merge(&lock(shard).0);
+        }
+        all
     }
 
     /// A snapshot for the coordinator: counters and this interval's latencies; with
@@ -98,7 +125,7 @@ impl Shared {
             counters: self.counters(),
             interval: self.take_interval().to_wire(),
             whole: whole.then(|| Whole {
-                latency: lock(&self.latency).to_wire(),
+                latency: self.whole_latency().to_wire(),
                 ready: lock(&self.ready).to_wire(),
                 totals: lock(&self.totals).clone(),
             }),
@@ -108,7 +135,7 @@ impl Shared {
     /// The whole-run latency, READY latency and gap totals.
     pub fn whole(&self) -> (LatencyRecorder, LatencyRecorder, Totals) {
         (
-            lock(&self.latency).clone(),
+            self.whole_latency(),
             lock(&self.ready).clone(),
             lock(&self.totals).clone(),
         )

@@ -13,7 +13,7 @@ async fn small_load_is_delivered_exactly_once() {
         .unwrap();
     let args = RunArgs {
         targets: vec![node.public_url.clone()],
-        api: format!("http://{}", node.api_addr),
+        api: vec![format!("http://{}", node.api_addr)],
         token_secret: config.token_secret.clone(),
         publish_secret: config.publish_secret.clone(),
         connections: 60,

@@ -187,3 +187,51 @@ async fn nats_fans_out_to_every_subscriber_in_order() {
         "{refused:?}"
     );
 }
+
+/// A whole `run` with `--peer` for both brokers: the same load goes through Concord, Redis
+/// and NATS, and each report counts every delivery exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_compares_concord_with_redis_and_nats() {
+    use concord_gateway::{Config, Listeners};
+    use concord_loadtest::run::{RunArgs, run};
+    let (redis, nats) = (redis().await, nats().await);
+    let config = Config::for_tests();
+    let listeners = Listeners::bind(&config).await.unwrap();
+    let node = concord_gateway::start(config.clone(), listeners)
+        .await
+        .unwrap();
+    let args = RunArgs {
+        targets: vec![node.public_url.clone()],
+        api: vec![format!("http://{}", node.api_addr)],
+        token_secret: config.token_secret.clone(),
+        publish_secret: config.publish_secret.clone(),
+        connections: 30,
+        ramp: "300/s".into(),
+        guilds: 3,
+        guild_size: "uniform".into(),
+        publish_rate: "30/s".into(),
+        duration: "1s".into(),
+        payload_bytes: 20,
+        peer: vec![redis.url.to_string(), nats.url.to_string()],
+        ..RunArgs::default()
+    };
+    let report = timeout(Duration::from_secs(90), run(args))
+        .await
+        .unwrap()
+        .unwrap();
+    let names: Vec<&str> = report.peers.iter().map(|p| p.target.as_str()).collect();
+    assert_eq!(names, ["redis", "nats"]);
+    // Every target saw the same guild layout and publish schedule (the same seed), so
+    // each delivered exactly the same count.
+    let expected = report.deliveries.total;
+    assert!(expected > 0);
+    for r in std::iter::once(&report).chain(&report.peers) {
+        assert_eq!(r.connections.established, 30, "{}", r.target);
+        assert_eq!(r.published, 30, "{}", r.target);
+        assert_eq!((r.gaps, r.duplicates, r.errors), (0, 0, 0), "{}", r.target);
+        assert_eq!(r.deliveries.total, expected, "{}", r.to_json_pretty());
+        assert!(r.bytes_received_per_delivery > 20.0, "{}", r.target);
+    }
+    node.drain();
+    node.wait().await;
+}
