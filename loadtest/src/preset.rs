@@ -72,7 +72,7 @@ pub const PRESETS: &[(&str, &str, &[&str])] = &[
             "--guild-size=zipf:1.1",
             "--publish-rate=30/s",
             "--duration=60s",
-            "--payload-bytes=200",
+            "--payload=corpus",
         ],
     ),
 ];

@@ -74,9 +74,18 @@ pub struct RunArgs {
     /// `none`, `zlib-stream`, `zstd-stream` or `zstd-dict`.
     #[arg(long, default_value = "none")]
     pub compress: String,
-    /// Bytes of filler content in each published event.
+    /// Bytes of filler content in each published event (`--payload filler`).
     #[arg(long, default_value_t = 200)]
     pub payload_bytes: usize,
+    /// What events carry: `filler` (`--payload-bytes` of one repeated letter, as cheap as
+    /// an event gets) or `corpus` (realistic MESSAGE_CREATE bodies from the seeded
+    /// generator `concord dict corpus` uses, for compression figures that mean something).
+    #[arg(long, default_value = "filler")]
+    pub payload: String,
+    /// Skip this many corpus bodies first: a later stretch of the same world's traffic
+    /// (for measuring a dictionary retrained on an earlier run).
+    #[arg(long, default_value_t = 0)]
+    pub payload_skip: usize,
     /// Also run the same load through Redis or NATS pub/sub, e.g. `redis://127.0.0.1:6379`
     /// or `nats://127.0.0.1:4222`; repeat for both. Reported under `peers`.
     #[arg(long)]
@@ -301,6 +310,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
     if args.targets.is_empty() {
         bail!("--targets needs at least one ws:// URL");
     }
+    payloads(&args.payload, args.payload_bytes, args.seed)?;
     let mut report = run_target(
         &args,
         Target::Concord {
@@ -529,6 +539,8 @@ async fn publish(
     end: Instant,
     shared: &Arc<Shared>,
 ) -> anyhow::Result<HashMap<u64, u64>> {
+    let payloads = Arc::new(payloads(&args.payload, args.payload_bytes, args.seed)?);
+    let cursor = Arc::new(std::sync::atomic::AtomicUsize::new(args.payload_skip));
     let http = reqwest::Client::new();
     let mut shard_txs = Vec::new();
     let mut shards = Vec::new();
@@ -548,13 +560,20 @@ async fn publish(
         let (tx, mut rx) = tokio::sync::mpsc::channel::<u64>(1024);
         shard_txs.push(tx);
         let shared = shared.clone();
-        let filler = "x".repeat(args.payload_bytes);
+        let payloads = payloads.clone();
+        let cursor = cursor.clone();
         shards.push(tokio::spawn(async move {
             let mut next_pseq = HashMap::<u64, u64>::new();
             let mut accepted = HashMap::<u64, u64>::new();
             while let Some(g) = rx.recv().await {
                 let n = next_pseq.entry(g).or_insert(1);
-                let body = json!({"t": "MESSAGE_CREATE", "d": {"lt_g": g, "lt_pseq": *n, "lt_sent_us": client::unix_us(), "content": filler}});
+                // One cursor for all shards: the run walks the corpus in order.
+                let k = cursor.fetch_add(1, Ordering::Relaxed);
+                let mut d = payloads[k % payloads.len()].clone();
+                d.insert("lt_g".into(), g.into());
+                d.insert("lt_pseq".into(), (*n).into());
+                d.insert("lt_sent_us".into(), client::unix_us().into());
+                let body = json!({"t": "MESSAGE_CREATE", "d": d});
                 let bytes = body.to_string().into_bytes();
                 match backend.publish(g, &bytes).await {
                     Ok(true) => {
@@ -601,6 +620,33 @@ async fn publish(
         }
     }
     Ok(last)
+}
+
+/// The `d` objects events are built from (the `lt_*` marks are added per publish).
+pub fn payloads(
+    kind: &str,
+    filler_bytes: usize,
+    seed: u64,
+) -> anyhow::Result<Vec<serde_json::Map<String, serde_json::Value>>> {
+    match kind {
+        "filler" => {
+            let mut d = serde_json::Map::new();
+            d.insert("content".into(), "x".repeat(filler_bytes).into());
+            Ok(vec![d])
+        }
+        "corpus" => {
+            let bodies: Vec<_> = concord_protocol::corpus::Corpus::generate(seed, 50_000)
+                .into_iter()
+                .filter(|e| e.t == "MESSAGE_CREATE")
+                .filter_map(|e| serde_json::from_slice(&e.d).ok())
+                .collect();
+            if bodies.is_empty() {
+                bail!("the corpus generator produced no MESSAGE_CREATE bodies");
+            }
+            Ok(bodies)
+        }
+        other => bail!("unknown --payload {other:?}; use filler or corpus"),
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -680,7 +726,7 @@ fn build_report(
         config: json!({
             "targets": targets, "connections": args.connections, "ramp": args.ramp,
             "guilds": args.guilds, "guild_size": args.guild_size, "publish_rate": args.publish_rate,
-            "duration": args.duration, "compress": args.compress, "payload_bytes": args.payload_bytes,
+            "duration": args.duration, "compress": args.compress, "payload_bytes": args.payload_bytes, "payload": args.payload, "payload_skip": args.payload_skip,
             "seed": args.seed, "preset": args.preset,
             "workers": layout.workers, "sources": layout.sources,
         }),
@@ -762,6 +808,17 @@ mod tests {
             ..RunArgs::default()
         };
         assert_eq!(Layout::plan(&forced, 20_000).workers, 2);
+    }
+
+    #[test]
+    fn payloads_are_filler_or_realistic_messages() {
+        let f = payloads("filler", 10, 1).unwrap();
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0]["content"], "xxxxxxxxxx");
+        let c = payloads("corpus", 0, 1).unwrap();
+        assert!(c.len() > 1_000);
+        assert!(c.iter().all(|d| d.contains_key("channel_id")));
+        assert!(payloads("lorem", 0, 1).is_err());
     }
 
     #[test]
