@@ -636,8 +636,10 @@ impl Connection {
             // few header bytes are this session's.
             let (body, fresh) = event
                 .dict_body(dict.id(), || {
-                    // READY is one session's own: never train on it.
-                    if &*event.event_type != "READY" {
+                    // Train on published traffic only: a session's own READY is
+                    // private, and one GUILD_CREATE per identify would crowd the
+                    // sample with near-copies.
+                    if event.topic.is_some() {
                         self.shared.dicts.sample(&event.event_type, &event.body);
                     }
                     dict_compress(dict, 0, Some(&event.event_type), &event.body)

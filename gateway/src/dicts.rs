@@ -1,8 +1,8 @@
 //! The node's zstd-dict dictionaries, and their rotation.
 //!
 //! A node starts with the shipped dictionary plus any `--dict` files; those are pinned
-//! and served for the node's whole life. It can also retrain: every event body it
-//! compresses for a zstd-dict session is offered to a bounded sample, and a retrain
+//! and served for the node's whole life. It can also retrain: every published event body
+//! it compresses for zstd-dict sessions is offered to a bounded sample, and a retrain
 //! (every `--dict-retrain`, or on `POST /admin/dictionaries/retrain`) trains a 64 KiB
 //! dictionary on that sample, on a blocking thread, and makes it the newest. New
 //! sessions that name no dictionary get the newest; connected sessions keep the one

@@ -859,8 +859,8 @@ async fn retraining_rotates_dictionaries_without_breaking_sessions() {
     let body: serde_json::Value = r.json().await.unwrap();
     let fresh_id = DictId(body["id"].as_u64().unwrap() as u32);
     assert_ne!(fresh_id, shipped.id());
-    // The messages and the GUILD_CREATE; never READY.
-    assert_eq!(body["samples"], 1_101);
+    // The published messages only; never READY or the session's GUILD_CREATE.
+    assert_eq!(body["samples"], 1_100);
 
     // The retrained dictionary is listed as the newest and downloadable; the shipped one
     // is still served.
