@@ -211,7 +211,7 @@ enum Progress {
 fn progress(phase: &Phase, guild: u64, highest: Option<u64>) -> Progress {
     match phase {
         Phase::Ramp | Phase::Publishing => Progress::Running,
-        Phase::Stop => Progress::Stop,
+        Phase::Stop(_) => Progress::Stop,
         Phase::Final(last) => match last.get(&guild).copied().unwrap_or(0) {
             0 => Progress::CaughtUp,
             last if highest.is_some_and(|h| h >= last) => Progress::CaughtUp,
@@ -316,7 +316,9 @@ pub async fn run_session(plan: SessionPlan, transport: Transport, shared: &Share
     if !counted {
         shared.failed.fetch_add(1, Ordering::Relaxed);
     }
-    if let Phase::Final(last) = &*phase.borrow() {
+    // Whatever the session last saw, Final or Stop carries the publisher's last sequence
+    // numbers: events that had not arrived by now are lost (or too late) and count.
+    if let Phase::Final(last) | Phase::Stop(last) = &*phase.borrow() {
         tracker.close(plan.guild, last.get(&plan.guild).copied().unwrap_or(0));
     }
     shared.add_tracker(&tracker);
@@ -619,7 +621,7 @@ pub async fn run_peer_session(
         }
     }
     shared.connected.fetch_sub(1, Ordering::Relaxed);
-    if let Phase::Final(last) = &*phase.borrow() {
+    if let Phase::Final(last) | Phase::Stop(last) = &*phase.borrow() {
         tracker.close(guild, last.get(&guild).copied().unwrap_or(0));
     }
     shared.add_tracker(&tracker);

@@ -93,8 +93,9 @@ pub enum Phase {
     /// Publishing is over; the map holds each guild's last accepted publisher sequence.
     /// Sessions end once they have it, and count what never came as gaps.
     Final(HashMap<u64, u64>),
-    /// Stop now.
-    Stop,
+    /// Stop now. Carries the same map as `Final` (a session may see only this one):
+    /// events not received by now count as lost. Empty when the run was cut short.
+    Stop(HashMap<u64, u64>),
 }
 
 /// A coordinator-to-worker line.
@@ -457,7 +458,7 @@ pub async fn worker_main() -> anyhow::Result<()> {
                     }
                 }
                 _ => {
-                    let _ = phase_tx.send(Phase::Stop);
+                    let _ = phase_tx.send(Phase::Stop(HashMap::new()));
                     break;
                 }
             }

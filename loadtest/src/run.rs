@@ -479,14 +479,14 @@ async fn run_target(args: &RunArgs, target: Target) -> anyhow::Result<Report> {
     };
 
     // Every session waits for its guild's last accepted event, then ends.
-    fleet.set_phase(Phase::Final(last_accepted)).await;
+    fleet.set_phase(Phase::Final(last_accepted.clone())).await;
     let give_up = Instant::now() + FINAL_WAIT + Duration::from_secs(1);
     while Instant::now() < give_up
         && fleet.view().counters().sessions_done < args.connections as u64
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    fleet.set_phase(Phase::Stop).await;
+    fleet.set_phase(Phase::Stop(last_accepted)).await;
     let (counters, latency, ready, totals) = fleet.finish(Duration::from_secs(15)).await;
     reporter.abort();
     if std::io::stderr().is_terminal() {
