@@ -732,19 +732,9 @@ fn parse_int(s: &[u8]) -> Option<i64> {
     }
 }
 
-/// Writes `n` in decimal without allocating.
-fn put_decimal(out: &mut BytesMut, mut n: usize) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.put_slice(&digits[i..]);
+/// Writes `n` in decimal (once per command, never per delivery, so `to_string` is fine).
+fn put_decimal(out: &mut BytesMut, n: usize) {
+    out.put_slice(n.to_string().as_bytes());
 }
 
 /// At most `max` bytes of `b` as text, for error messages.

@@ -1,21 +1,14 @@
 //! A short load against an in-process node: every published event reaches every member
 //! session, with no gaps, duplicates or errors, and the report says so.
 
-use concord_gateway::{Config, Listeners};
+mod common;
+
 use concord_loadtest::run::{RunArgs, run};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn small_load_is_delivered_exactly_once() {
-    let config = Config::for_tests();
-    let listeners = Listeners::bind(&config).await.unwrap();
-    let node = concord_gateway::start(config.clone(), listeners)
-        .await
-        .unwrap();
+    let (node, config) = common::node().await;
     let args = RunArgs {
-        targets: vec![node.public_url.clone()],
-        api: vec![format!("http://{}", node.api_addr)],
-        token_secret: config.token_secret.clone(),
-        publish_secret: config.publish_secret.clone(),
         connections: 60,
         ramp: "600/s".into(),
         guilds: 1,
@@ -25,7 +18,7 @@ async fn small_load_is_delivered_exactly_once() {
         compress: "zstd-stream".into(),
         payload_bytes: 50,
         pids: vec![std::process::id()],
-        ..RunArgs::default()
+        ..common::args_for(&node, &config)
     };
     let report = run(args).await.unwrap();
     assert_eq!(report.connections.established, 60);
@@ -49,11 +42,7 @@ async fn small_load_is_delivered_exactly_once() {
 /// load: the coordinator adds up what the workers saw, and tail losses would show.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_processes_add_up() {
-    let config = Config::for_tests();
-    let listeners = Listeners::bind(&config).await.unwrap();
-    let node = concord_gateway::start(config.clone(), listeners)
-        .await
-        .unwrap();
+    let (node, config) = common::node().await;
     let dir = std::env::temp_dir().join(format!("concord-lt-workers-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let report_path = dir.join("report.json");

@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -192,19 +194,10 @@ async fn nats_fans_out_to_every_subscriber_in_order() {
 /// and NATS, and each report counts every delivery exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_compares_concord_with_redis_and_nats() {
-    use concord_gateway::{Config, Listeners};
     use concord_loadtest::run::{RunArgs, run};
     let (redis, nats) = (redis().await, nats().await);
-    let config = Config::for_tests();
-    let listeners = Listeners::bind(&config).await.unwrap();
-    let node = concord_gateway::start(config.clone(), listeners)
-        .await
-        .unwrap();
+    let (node, config) = common::node().await;
     let args = RunArgs {
-        targets: vec![node.public_url.clone()],
-        api: vec![format!("http://{}", node.api_addr)],
-        token_secret: config.token_secret.clone(),
-        publish_secret: config.publish_secret.clone(),
         connections: 30,
         ramp: "300/s".into(),
         guilds: 3,
@@ -213,7 +206,7 @@ async fn a_run_compares_concord_with_redis_and_nats() {
         duration: "1s".into(),
         payload_bytes: 20,
         peer: vec![redis.url.to_string(), nats.url.to_string()],
-        ..RunArgs::default()
+        ..common::args_for(&node, &config)
     };
     let report = timeout(Duration::from_secs(90), run(args))
         .await
