@@ -1,5 +1,5 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `POST /admin/drain` and
-//! `POST /admin/dictionaries/retrain`.
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/cluster`, `POST /admin/drain`
+//! and `POST /admin/dictionaries/retrain`.
 
 use std::sync::Arc;
 
@@ -21,6 +21,8 @@ pub struct AdminState {
     pub registry: Arc<crate::session::Registry>,
     /// The zstd-dict dictionaries, for retraining on demand.
     pub dicts: Arc<crate::dicts::DictStore>,
+    /// Membership and ring, for `/cluster`.
+    pub cluster: tokio::sync::watch::Receiver<Arc<crate::cluster::ClusterView>>,
 }
 
 /// The admin routes.
@@ -29,6 +31,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/cluster", get(cluster))
         .route("/admin/drain", post(drain))
         .route("/admin/dictionaries/retrain", post(retrain))
         .with_state(state)
@@ -42,6 +45,14 @@ async fn metrics(State(s): State<AdminState>) -> (StatusCode, String) {
             "metrics recorder not installed\n".into(),
         ),
     }
+}
+
+/// This node's view of the cluster: its id and generation, every member with its state
+/// and addresses, the ring version and the partitions this node owns.
+async fn cluster(State(s): State<AdminState>) -> axum::Json<serde_json::Value> {
+    // Clone the Arc and release the watch lock before serialising.
+    let view = s.cluster.borrow().clone();
+    axum::Json(view.to_json())
 }
 
 async fn readyz(State(s): State<AdminState>) -> (StatusCode, String) {

@@ -12,6 +12,8 @@ use concord_protocol::codec::ZstdParams;
 use concord_router::ReplayLimits;
 use serde::Deserialize;
 
+use crate::cluster::{MAX_NODE_ID_LEN, Timing};
+
 /// The secret a node uses when none is configured. Dev mode only: anyone can mint tokens.
 pub const DEV_TOKEN_SECRET: &str = "concord-dev-token-secret";
 /// The publish secret a node uses when none is configured (dev mode only).
@@ -158,6 +160,42 @@ pub struct ServeArgs {
     /// and make it the newest [default: off; `POST /admin/dictionaries/retrain` any time].
     #[arg(long, env = "CONCORD_DICT_RETRAIN")]
     pub dict_retrain: Option<HumanDuration>,
+    /// UDP address to gossip on; turns clustering on (needs --cluster-secret)
+    /// [default: off, a standalone node that owns every guild].
+    #[arg(long, env = "CONCORD_GOSSIP_LISTEN")]
+    pub gossip_listen: Option<SocketAddr>,
+    /// The gossip address other nodes are told to send to [default: the bound --gossip-listen].
+    #[arg(long, env = "CONCORD_GOSSIP_ADVERTISE")]
+    pub gossip_advertise: Option<SocketAddr>,
+    /// Peer-link address (recorded and advertised to the cluster; peer links come later).
+    #[arg(long, env = "CONCORD_PEER_LISTEN")]
+    pub peer_listen: Option<SocketAddr>,
+    /// The peer-link address other nodes are told to use [default: --peer-listen].
+    #[arg(long, env = "CONCORD_PEER_ADVERTISE")]
+    pub peer_advertise: Option<SocketAddr>,
+    /// Gossip address of a node to join through; repeatable, comma-separated in the
+    /// environment [default: none, this node starts a cluster].
+    #[arg(long = "seed", env = "CONCORD_SEEDS", value_delimiter = ',')]
+    pub seeds: Option<Vec<SocketAddr>>,
+    /// Secret every gossip datagram is authenticated with (HMAC-SHA256); the same on
+    /// every node. Required with --gossip-listen.
+    #[arg(long, env = "CONCORD_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+    /// How often each node probes one member [default: 500ms].
+    #[arg(long, env = "CONCORD_GOSSIP_PROBE_PERIOD")]
+    pub gossip_probe_period: Option<HumanDuration>,
+    /// How long a probe waits for a direct answer before asking others [default: 200ms].
+    #[arg(long, env = "CONCORD_GOSSIP_PROBE_RTT")]
+    pub gossip_probe_rtt: Option<HumanDuration>,
+    /// How long a suspect member has to refute before it is declared down [default: 2s].
+    #[arg(long, env = "CONCORD_GOSSIP_SUSPECT_TIMEOUT")]
+    pub gossip_suspect_timeout: Option<HumanDuration>,
+    /// How often pending gossip is pushed to 3 random members [default: 200ms].
+    #[arg(long, env = "CONCORD_GOSSIP_INTERVAL")]
+    pub gossip_interval: Option<HumanDuration>,
+    /// How long a down member stays listed in /cluster [default: 10m].
+    #[arg(long, env = "CONCORD_GOSSIP_DOWN_RETENTION")]
+    pub gossip_down_retention: Option<HumanDuration>,
 }
 
 macro_rules! fill_from {
@@ -202,7 +240,10 @@ impl ServeArgs {
             publish_secret, heartbeat_interval, resume_window, replay_max_events,
             replay_max_bytes, session_queue, guild_log_events, max_connections,
             identify_max_concurrency, handshake_timeout, drain_grace, zstd,
-            max_event_bytes, log, dicts, public_api_url, dict_retrain);
+            max_event_bytes, log, dicts, public_api_url, dict_retrain, gossip_listen,
+            gossip_advertise, peer_listen, peer_advertise, seeds, cluster_secret,
+            gossip_probe_period, gossip_probe_rtt, gossip_suspect_timeout, gossip_interval,
+            gossip_down_retention);
         Ok(self)
     }
 
@@ -233,6 +274,42 @@ impl ServeArgs {
                 "session-queue ({session_queue}) must be between 1 and replay-max-events ({}) so a slow client can still resume",
                 replay.max_events
             )));
+        }
+        let defaults = Timing::default();
+        let gossip_timing = Timing {
+            probe_period: self
+                .gossip_probe_period
+                .map_or(defaults.probe_period, |d| d.0),
+            probe_rtt: self.gossip_probe_rtt.map_or(defaults.probe_rtt, |d| d.0),
+            suspect_timeout: self
+                .gossip_suspect_timeout
+                .map_or(defaults.suspect_timeout, |d| d.0),
+            gossip_interval: self
+                .gossip_interval
+                .map_or(defaults.gossip_interval, |d| d.0),
+            down_retention: self
+                .gossip_down_retention
+                .map_or(defaults.down_retention, |d| d.0),
+        };
+        gossip_timing.validate().map_err(ConfigError::Invalid)?;
+        let seeds = self.seeds.unwrap_or_default();
+        match (&self.gossip_listen, &self.cluster_secret) {
+            (Some(_), None) => {
+                return Err(ConfigError::Invalid(
+                    "--cluster-secret (or CONCORD_CLUSTER_SECRET) is required with --gossip-listen: every gossip datagram is authenticated with it".into(),
+                ));
+            }
+            (Some(_), Some(secret)) if secret.is_empty() => {
+                return Err(ConfigError::Invalid(
+                    "cluster-secret must not be empty".into(),
+                ));
+            }
+            (None, _) if !seeds.is_empty() || self.gossip_advertise.is_some() => {
+                return Err(ConfigError::Invalid(
+                    "--seed and --gossip-advertise need --gossip-listen".into(),
+                ));
+            }
+            _ => {}
         }
         let config = Config {
             listen,
@@ -271,7 +348,19 @@ impl ServeArgs {
             dicts: self.dicts.unwrap_or_default(),
             public_api_url: self.public_api_url,
             dict_retrain: self.dict_retrain.map(|d| d.0),
+            gossip_listen: self.gossip_listen,
+            gossip_advertise: self.gossip_advertise,
+            peer_listen: self.peer_listen,
+            peer_advertise: self.peer_advertise,
+            seeds,
+            cluster_secret: self.cluster_secret,
+            gossip_timing,
         };
+        if config.node_id.is_empty() || config.node_id.len() > MAX_NODE_ID_LEN {
+            return Err(ConfigError::Invalid(format!(
+                "node-id must be 1 to {MAX_NODE_ID_LEN} bytes"
+            )));
+        }
         if config.heartbeat_interval < Duration::from_millis(100) {
             return Err(ConfigError::Invalid(
                 "heartbeat-interval must be at least 100ms".into(),
@@ -343,6 +432,20 @@ pub struct Config {
     pub public_api_url: Option<String>,
     /// How often to retrain a dictionary on recent traffic; `None`: only on request.
     pub dict_retrain: Option<Duration>,
+    /// Gossip UDP listen address; `None`: standalone.
+    pub gossip_listen: Option<SocketAddr>,
+    /// Advertised gossip address; `None`: the bound gossip address.
+    pub gossip_advertise: Option<SocketAddr>,
+    /// Peer-link listen address (advertised only, for now).
+    pub peer_listen: Option<SocketAddr>,
+    /// Advertised peer-link address; `None`: `peer_listen`.
+    pub peer_advertise: Option<SocketAddr>,
+    /// Gossip addresses to join through.
+    pub seeds: Vec<SocketAddr>,
+    /// Gossip MAC secret; always set when `gossip_listen` is.
+    pub cluster_secret: Option<String>,
+    /// Gossip timing.
+    pub gossip_timing: Timing,
 }
 
 impl Config {
@@ -413,6 +516,41 @@ mod tests {
             ..ServeArgs::default()
         };
         assert!(matches!(bad.with_file(), Err(ConfigError::Parse { .. })));
+    }
+
+    #[test]
+    fn gossip_needs_a_secret_and_seeds_need_gossip() {
+        let gossip = ServeArgs {
+            gossip_listen: Some("127.0.0.1:7946".parse().unwrap()),
+            ..ServeArgs::default()
+        };
+        let err = gossip.clone().resolve().unwrap_err().to_string();
+        assert!(err.contains("cluster-secret"), "{err}");
+        let c = ServeArgs {
+            cluster_secret: Some("S".into()),
+            seeds: Some(vec!["127.0.0.1:7956".parse().unwrap()]),
+            gossip_probe_period: Some("1s".parse().unwrap()),
+            ..gossip
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(c.seeds.len(), 1);
+        assert_eq!(c.gossip_timing.probe_period, Duration::from_secs(1));
+        assert_eq!(c.gossip_timing.suspect_timeout, Duration::from_secs(2));
+
+        let seeds_alone = ServeArgs {
+            seeds: Some(vec!["127.0.0.1:7956".parse().unwrap()]),
+            ..ServeArgs::default()
+        };
+        assert!(matches!(
+            seeds_alone.resolve(),
+            Err(ConfigError::Invalid(_))
+        ));
+        let bad_timing = ServeArgs {
+            gossip_probe_rtt: Some("2s".parse().unwrap()),
+            ..ServeArgs::default()
+        };
+        assert!(matches!(bad_timing.resolve(), Err(ConfigError::Invalid(_))));
     }
 
     #[test]

@@ -7,8 +7,10 @@
 //!
 //! The logic lives in sans-IO cores: the connection protocol [`session::machine`], the
 //! identify limiter [`limits`], and the topic tables and session logs of
-//! `concord-router`. This crate is the tokio shell around them. It does not yet cluster:
-//! one node owns every guild.
+//! `concord-router`. This crate is the tokio shell around them. Nodes form a cluster
+//! through gossip and agree on the ring ([`cluster`]); forwarding publishes to a guild's
+//! owner on another node is not built yet, so each node still fans out the events
+//! published to it.
 //!
 //! ## Main types
 //! - [`node::start`] with [`node::Listeners`]: runs a node on sockets the caller bound;
@@ -17,6 +19,8 @@
 //!   variables, a TOML file and defaults.
 //! - [`hub::Hub`] — the single task that owns the topic table; publishes, joins and
 //!   membership changes go through it in order.
+//! - [`cluster::Cluster`] and [`cluster::ClusterView`] — gossip membership and the ring
+//!   snapshot every other part reads.
 //! - [`session::Session`] — a session's identity and its log (outbound queue and replay
 //!   buffer in one), shared between the hub and the connection.
 //!
@@ -35,13 +39,15 @@
 //! - [`hub`] — the topic-table owner.
 //! - [`limits`] — the identify rate limiter.
 //! - [`api`] — HTTP publish and the Discord REST shim; [`grpc`]: the gRPC publish service.
-//! - [`admin`] — metrics, health, readiness, drain.
+//! - [`cluster`] — gossip membership (foca over authenticated UDP), node states, the ring.
+//! - [`admin`] — metrics, health, readiness, `/cluster`, drain.
 //! - [`dict_cli`] — `concord dict corpus|train|bench`.
 //! - [`metrics`] — metric names and handles.
 //! - [`wsframe`] — outbound WebSocket framing for `writev` from shared bytes.
 
 pub mod admin;
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod dict_cli;

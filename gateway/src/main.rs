@@ -1,7 +1,9 @@
-//! `concord`: run a node, or mint a client token.
+//! `concord`: run a node, run a local cluster, or mint a client token.
 
-use std::io::Write as _;
-use std::time::Duration;
+use std::io::{IsTerminal as _, Write as _};
+use std::net::{IpAddr, SocketAddr};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
@@ -22,7 +24,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a node (embedded, in-memory; no external services needed).
-    Serve(Box<ServeArgs>),
+    Serve(Box<ServeCommand>),
+    /// A local cluster: `concord cluster up --nodes 3`.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// Mint a client token.
     Token(TokenArgs),
     /// zstd-dict dictionaries: build a corpus, train, benchmark.
@@ -30,6 +37,43 @@ enum Command {
         #[command(subcommand)]
         command: concord_gateway::dict_cli::DictCommand,
     },
+}
+
+#[derive(Args)]
+struct ServeCommand {
+    #[command(flatten)]
+    args: ServeArgs,
+    /// Drain and exit when standard input closes, so a parent that dies (even by SIGKILL)
+    /// takes the node with it. `concord cluster up` starts its nodes this way.
+    #[arg(long, hide = true)]
+    exit_with_stdin: bool,
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Start N nodes on loopback, each its own `concord serve` process on its own ports,
+    /// print their URLs, and stop them all on Ctrl-C or SIGTERM.
+    Up(UpArgs),
+}
+
+#[derive(Args)]
+struct UpArgs {
+    /// How many nodes (n1..nN).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=100))]
+    nodes: u16,
+    /// Node k listens on base + 10 (k - 1) + 0 client, 1 API, 2 admin, 3 gossip (UDP),
+    /// 4 peer.
+    #[arg(long, default_value_t = 7000)]
+    base_port: u16,
+    /// The cluster secret [default: a random one for this run].
+    #[arg(long, env = "CONCORD_CLUSTER_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// The address every node binds and advertises.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
+    /// More `concord serve` flags for every node, after `--`.
+    #[arg(last = true)]
+    serve_args: Vec<String>,
 }
 
 #[derive(Args)]
@@ -71,16 +115,26 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Dict { command } => concord_gateway::dict_cli::run(command),
-        Command::Serve(args) => {
-            let config = (*args).with_file()?.resolve()?;
+        Command::Serve(command) => {
+            let ServeCommand {
+                args,
+                exit_with_stdin,
+            } = *command;
+            let config = args.with_file()?.resolve()?;
             init_tracing(&config.log);
-            tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the tokio runtime")?
-                .block_on(serve(config))
+            runtime()?.block_on(serve(config, exit_with_stdin))
         }
+        Command::Cluster {
+            command: ClusterCommand::Up(args),
+        } => runtime()?.block_on(cluster_up(args)),
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")
 }
 
 fn mint(
@@ -105,10 +159,16 @@ fn mint(
 fn init_tracing(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        // By default a failed log write is reported with `eprintln!`, which panics when
+        // stderr is a closed pipe (a `cluster up` parent that died): a node must outlive
+        // its log reader, so drop such events instead.
+        .log_internal_errors(false)
+        .init();
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, exit_with_stdin: bool) -> anyhow::Result<()> {
     let listeners = concord_gateway::Listeners::bind(&config).await?;
     let dev_mode = config.dev_mode;
     let token_secret = config.token_secret.clone();
@@ -142,6 +202,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         );
         let _ = out.flush();
     }
+    if let Some(gossip) = node.gossip_addr {
+        tracing::info!(%gossip, "clustered: GET /cluster on the admin port shows members and ring");
+    }
+    if exit_with_stdin {
+        let drain = node.drain_token();
+        // A plain thread: reading stdin blocks, and this one only ever waits for EOF.
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+            // Drain first: a parent that died took our stderr with it.
+            drain.cancel();
+            tracing::info!("stdin closed, draining");
+        });
+    }
     let drain = node.drain_token();
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -172,4 +245,259 @@ async fn wait_for_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// One node of `concord cluster up`.
+struct UpNode {
+    id: String,
+    client: SocketAddr,
+    api: SocketAddr,
+    admin: SocketAddr,
+    gossip: SocketAddr,
+    child: tokio::process::Child,
+    exited: Option<std::process::ExitStatus>,
+}
+
+/// Writes a line to stdout, ignoring a closed pipe (printing must not kill the parent,
+/// whose job is to stop the children).
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+async fn cluster_up(args: UpArgs) -> anyhow::Result<()> {
+    let n = args.nodes;
+    let top = u32::from(args.base_port) + 10 * u32::from(n - 1) + 4;
+    anyhow::ensure!(
+        args.base_port > 0 && top <= u32::from(u16::MAX),
+        "--base-port {} leaves no room for {n} nodes (10 ports each)",
+        args.base_port
+    );
+    let exe = std::env::current_exe().context("cannot find the concord binary to re-run")?;
+    let secret = args.secret.unwrap_or_else(|| {
+        let bytes: [u8; 16] = rand::random();
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    });
+    let at = |port: u32| SocketAddr::new(args.host, u16::try_from(port).unwrap_or(u16::MAX));
+    let seed = at(u32::from(args.base_port) + 3);
+    let wants_log = args.serve_args.iter().any(|a| a.starts_with("--log"))
+        || std::env::var_os("CONCORD_LOG").is_some();
+
+    let mut nodes: Vec<UpNode> = Vec::new();
+    for k in 1..=n {
+        let base = u32::from(args.base_port) + 10 * u32::from(k - 1);
+        let id = format!("n{k}");
+        let (client, api, admin, gossip, peer) = (
+            at(base),
+            at(base + 1),
+            at(base + 2),
+            at(base + 3),
+            at(base + 4),
+        );
+        let mut cmd = tokio::process::Command::new(&exe);
+        cmd.arg("serve")
+            .arg("--exit-with-stdin")
+            .args(["--node-id", &id])
+            .args(["--listen", &client.to_string()])
+            .args(["--api-listen", &api.to_string()])
+            .args(["--admin-listen", &admin.to_string()])
+            .args(["--gossip-listen", &gossip.to_string()])
+            .args(["--peer-listen", &peer.to_string()]);
+        if k > 1 {
+            cmd.args(["--seed", &seed.to_string()]);
+        }
+        if !wants_log {
+            cmd.args(["--log", "warn,concord=info,concord_gateway::cluster=info"]);
+        }
+        if !std::io::stdout().is_terminal() {
+            // Colour codes only help a terminal.
+            cmd.env("NO_COLOR", "1");
+        }
+        cmd.args(&args.serve_args)
+            // In the environment, not on the command line, where `ps` would show it.
+            .env("CONCORD_CLUSTER_SECRET", &secret)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Killed if this process unwinds; if it is killed outright, the children see
+            // their stdin close and drain.
+            .kill_on_drop(true);
+        let mut child = match cmd.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                stop_all(&mut nodes).await;
+                return Err(e).context(format!("cannot start node {id}"));
+            }
+        };
+        if let Some(out) = child.stdout.take() {
+            tokio::spawn(forward(id.clone(), out));
+        }
+        if let Some(err) = child.stderr.take() {
+            tokio::spawn(forward(id.clone(), err));
+        }
+        nodes.push(UpNode {
+            id,
+            client,
+            api,
+            admin,
+            gossip,
+            child,
+            exited: None,
+        });
+    }
+
+    say(&format!(
+        "{:<4} {:<24} {:<24} {:<24} gossip",
+        "node", "client", "api", "admin"
+    ));
+    for node in &nodes {
+        say(&format!(
+            "{:<4} {:<24} {:<24} {:<24} {}",
+            node.id,
+            format!("ws://{}", node.client),
+            format!("http://{}", node.api),
+            format!("http://{}", node.admin),
+            node.gossip
+        ));
+    }
+
+    let started = Instant::now();
+    let outcome = tokio::select! {
+        converged = converge(&mut nodes, Duration::from_secs(30)) => Some(converged),
+        () = wait_for_signal() => None,
+    };
+    match outcome {
+        Some(Ok(version)) => {
+            say(&format!(
+                "cluster up: {n} active nodes agree on ring {version} ({} ms). GET /cluster on any admin URL; Ctrl-C stops every node.",
+                started.elapsed().as_millis()
+            ));
+        }
+        Some(Err(e)) => {
+            stop_all(&mut nodes).await;
+            return Err(e);
+        }
+        None => {
+            say("stopping every node");
+            stop_all(&mut nodes).await;
+            return Ok(());
+        }
+    }
+
+    // A node may drain on its own (`POST /admin/drain`): report it and keep the rest.
+    let signal = wait_for_signal();
+    tokio::pin!(signal);
+    let mut running = nodes.len();
+    loop {
+        tokio::select! {
+            () = &mut signal => break,
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+        for node in &mut nodes {
+            if node.exited.is_none()
+                && let Ok(Some(status)) = node.child.try_wait()
+            {
+                say(&format!("{} exited ({status})", node.id));
+                node.exited = Some(status);
+                running -= 1;
+            }
+        }
+        if running == 0 {
+            say("every node has exited");
+            return Ok(());
+        }
+    }
+    say("stopping every node");
+    stop_all(&mut nodes).await;
+    Ok(())
+}
+
+/// Copies a child's output to ours, each line prefixed with the node id.
+async fn forward(id: String, stream: impl tokio::io::AsyncRead + Unpin) {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut lines = tokio::io::BufReader::new(stream).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        say(&format!("[{id}] {line}"));
+    }
+}
+
+/// Waits until every node reports the same ring version with every node active. Fails
+/// if a node exits first or `limit` passes.
+async fn converge(nodes: &mut [UpNode], limit: Duration) -> anyhow::Result<String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        for node in nodes.iter_mut() {
+            if let Ok(Some(status)) = node.child.try_wait() {
+                anyhow::bail!("node {} exited during startup ({status})", node.id);
+            }
+        }
+        let mut versions = std::collections::BTreeSet::new();
+        let mut all_active = true;
+        for node in nodes.iter() {
+            let view = get_json(node.admin, "/cluster").await;
+            let active = view.as_ref().map_or(0, |v| {
+                v["members"]
+                    .as_array()
+                    .map_or(0, |m| m.iter().filter(|m| m["state"] == "active").count())
+            });
+            all_active &= active == nodes.len();
+            versions.insert(view.and_then(|v| v["ring_version"].as_str().map(str::to_owned)));
+        }
+        if all_active
+            && versions.len() == 1
+            && let Some(Some(version)) = versions.pop_first()
+        {
+            return Ok(version);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the nodes did not agree on a ring within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Drains every node and waits for it; kills one that has not exited in time.
+async fn stop_all(nodes: &mut [UpNode]) {
+    // Closing a node's stdin drains it exactly as SIGTERM does (op 7 to clients, leave
+    // the ring, tell the cluster it left), without needing a signal API.
+    for node in nodes.iter_mut() {
+        drop(node.child.stdin.take());
+    }
+    // The default drain grace is 10 s; leave room beyond it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    for node in nodes.iter_mut().filter(|n| n.exited.is_none()) {
+        match tokio::time::timeout_at(deadline, node.child.wait()).await {
+            Ok(Ok(status)) => say(&format!("{} stopped ({status})", node.id)),
+            _ => {
+                let _ = node.child.start_kill();
+                let _ = node.child.wait().await;
+                say(&format!("{} did not stop in time and was killed", node.id));
+            }
+        }
+    }
+}
+
+/// `GET path` on `addr` over plain HTTP/1.1, parsed as JSON. `None` on any failure (the
+/// node may still be starting).
+async fn get_json(addr: SocketAddr, path: &str) -> Option<serde_json::Value> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let io = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.ok()?;
+        Some(response)
+    };
+    let response = tokio::time::timeout(Duration::from_secs(2), io)
+        .await
+        .ok()??;
+    let text = String::from_utf8(response).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    serde_json::from_str(body).ok()
 }

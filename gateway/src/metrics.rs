@@ -124,6 +124,24 @@ pub fn dictionaries(n: usize) {
     gauge!("concord_dictionaries").set(n as f64);
 }
 
+/// Counts a gossip datagram dropped before it could change anything, by reason (`mac`,
+/// `version`, `short`, `decode`).
+pub fn gossip_dropped(reason: &'static str) {
+    counter!("concord_gossip_dropped_total", "reason" => reason).increment(1);
+}
+
+/// Sets how many members this node sees in `state` (`joining`, `active`, `draining`,
+/// `down`).
+pub fn cluster_members(state: &'static str, n: usize) {
+    gauge!("concord_cluster_members", "state" => state).set(n as f64);
+}
+
+/// Counts a ring change and sets how many partitions this node now owns.
+pub fn ring_changed(owned: usize) {
+    counter!("concord_ring_changes_total").increment(1);
+    gauge!("concord_ring_owned_partitions").set(owned as f64);
+}
+
 fn known_event_type(t: &str) -> &'static str {
     const KNOWN: &[&str] = &[
         "READY",

@@ -4,20 +4,23 @@
 //! several nodes in one process. Draining follows one path whatever asked for it
 //! (SIGTERM, `POST /admin/drain`, [`Node::drain`]): stop accepting, send op 7 to every
 //! client and close their connections with a resumable code, wait for the connection
-//! tasks up to the grace period, then stop the API and admin servers.
+//! tasks up to the grace period, then stop the API and admin servers. A clustered node
+//! announces `draining` as the drain starts (so it leaves the ring at once) and tells the
+//! cluster it left as it stops.
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use concord_protocol::zstd_dict::{DictSet, Dictionary};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState};
 use crate::api::{self, ApiState};
+use crate::cluster::{self, Advertised, ClusterView, Gossip};
 use crate::config::Config;
 use crate::conn::{self, Shared};
 use crate::dicts::DictStore;
@@ -27,7 +30,7 @@ use crate::limits::IdentifyLimiter;
 use crate::metrics::{self, Metrics};
 use crate::session::Registry;
 
-/// The three sockets a node serves.
+/// The sockets a node serves.
 #[derive(Debug)]
 pub struct Listeners {
     /// Client WebSocket connections.
@@ -36,6 +39,8 @@ pub struct Listeners {
     pub api: TcpListener,
     /// Admin and metrics.
     pub admin: TcpListener,
+    /// Gossip (UDP); `None` for a standalone node.
+    pub gossip: Option<UdpSocket>,
 }
 
 impl Listeners {
@@ -50,6 +55,12 @@ impl Listeners {
             client: bind(config.listen, "client listener").await?,
             api: bind(config.api_listen, "API listener").await?,
             admin: bind(config.admin_listen, "admin listener").await?,
+            gossip: match config.gossip_listen {
+                Some(addr) => Some(UdpSocket::bind(addr).await.map_err(|e| {
+                    io::Error::new(e.kind(), format!("cannot bind gossip on {addr}: {e}"))
+                })?),
+                None => None,
+            },
         })
     }
 }
@@ -65,6 +76,9 @@ pub struct Node {
     pub admin_addr: SocketAddr,
     /// The gateway URL clients are given.
     pub public_url: String,
+    /// The advertised gossip address, when clustered.
+    pub gossip_addr: Option<SocketAddr>,
+    cluster: tokio::sync::watch::Receiver<Arc<ClusterView>>,
     drain: CancellationToken,
     done: JoinHandle<()>,
 }
@@ -78,6 +92,11 @@ impl Node {
     /// A token that drains the node when cancelled.
     pub fn drain_token(&self) -> CancellationToken {
         self.drain.clone()
+    }
+
+    /// The membership and ring snapshot channel.
+    pub fn cluster(&self) -> tokio::sync::watch::Receiver<Arc<ClusterView>> {
+        self.cluster.clone()
     }
 
     /// Waits until the node has drained and stopped.
@@ -104,14 +123,46 @@ pub async fn start(config: Config, listeners: Listeners) -> io::Result<Node> {
         .unwrap_or_else(|| format!("http://{api_addr}"));
     let dicts = Arc::new(DictStore::new(load_dictionaries(&config.dicts)?));
 
+    let drain = CancellationToken::new();
+    let stop = CancellationToken::new();
+    // Before anything is spawned: bad cluster settings must fail the start cleanly.
+    let gossip = match (listeners.gossip, &config.cluster_secret) {
+        (Some(socket), Some(secret)) => Some(Gossip {
+            socket,
+            advertise: config.gossip_advertise,
+            seeds: config.seeds.clone(),
+            secret: secret.clone(),
+            timing: config.gossip_timing,
+        }),
+        (Some(_), None) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a gossip socket needs a cluster secret",
+            ));
+        }
+        (None, _) => None,
+    };
+    let cluster = cluster::start(
+        &config.node_id,
+        Advertised {
+            client_url: public_url.clone(),
+            api_url: public_api_url.clone(),
+            admin_addr,
+            peer_addr: config.peer_advertise.or(config.peer_listen),
+        },
+        gossip,
+        drain.clone(),
+        stop.clone(),
+    )
+    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    let cluster_view = cluster.view();
+    let gossip_addr = cluster.gossip_addr();
     let (hub, hub_task) = Hub::new(
         config.guild_log_events,
         config.session_queue,
         metrics.clone(),
     )
     .spawn();
-    let drain = CancellationToken::new();
-    let stop = CancellationToken::new();
     let registry = Arc::new(Registry::default());
     let shared = Arc::new(Shared {
         config: config.clone(),
@@ -162,6 +213,7 @@ pub async fn start(config: Config, listeners: Listeners) -> io::Result<Node> {
         drain: drain.clone(),
         registry,
         dicts: dicts.clone(),
+        cluster: cluster_view.clone(),
     });
     let admin_server = tokio::spawn(
         axum::serve(listeners.admin, admin_router)
@@ -189,6 +241,7 @@ pub async fn start(config: Config, listeners: Listeners) -> io::Result<Node> {
         let _ = reaper.await;
         let _ = api_server.await;
         let _ = admin_server.await;
+        cluster.stopped().await;
         drop(shared);
         hub_task.abort();
         tracing::info!("drained");
@@ -199,6 +252,8 @@ pub async fn start(config: Config, listeners: Listeners) -> io::Result<Node> {
         api_addr,
         admin_addr,
         public_url,
+        gossip_addr,
+        cluster: cluster_view,
         drain,
         done,
     })

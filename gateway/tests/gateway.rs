@@ -847,7 +847,7 @@ async fn retraining_rotates_dictionaries_without_breaking_sessions() {
     assert_eq!(messages.len(), 1_100);
     for chunk in messages.chunks(100) {
         for d in chunk {
-            publisher.guild(9, "MESSAGE_CREATE", d.clone()).await;
+            publisher.guild(9, "MESSAGE_UPDATE", d.clone()).await;
         }
         for d in chunk {
             assert_eq!(&next(&mut a, &old).await["d"], d);
@@ -896,7 +896,7 @@ async fn retraining_rotates_dictionaries_without_breaking_sessions() {
     let mut b = join(&node, &cfg, "", 2, &new_only).await;
     let tail = &messages[..50];
     for d in tail {
-        publisher.guild(9, "MESSAGE_CREATE", d.clone()).await;
+        publisher.guild(9, "MESSAGE_UPDATE", d.clone()).await;
     }
     for d in tail {
         assert_eq!(
