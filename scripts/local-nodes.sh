@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Starts N standalone Concord nodes on loopback for load tests and prints what
-# concord-loadtest needs: --targets, --api and --pids. Each node is its own process, so
-# each gets its own 20,000 open files. Stop them with: kill $(cat "$DIR/pids")
+# concord-loadtest needs: --targets, --api and --metrics (RSS and sessions per node).
+# Each node is its own process, so each gets its own 20,000 open files. Stop them with: kill $(cat "$DIR/pids")
 #
 #   scripts/local-nodes.sh N [extra concord serve flags...]
 #
@@ -16,6 +16,7 @@ mkdir -p "$dir"
 : >"$dir/pids"
 targets=()
 apis=()
+admins=()
 for k in $(seq 0 $((n - 1))); do
   base=$((18000 + 10 * k))
   CONCORD_TOKEN_SECRET=${CONCORD_TOKEN_SECRET:-concord-dev-token-secret} \
@@ -29,6 +30,7 @@ for k in $(seq 0 $((n - 1))); do
   echo $! >>"$dir/pids"
   targets+=("ws://127.0.0.1:$base")
   apis+=("http://127.0.0.1:$((base + 1))")
+  admins+=("http://127.0.0.1:$((base + 2))")
 done
 for k in $(seq 0 $((n - 1))); do
   for _ in $(seq 1 100); do
@@ -38,4 +40,4 @@ for k in $(seq 0 $((n - 1))); do
 done
 # These nodes do not form a cluster, so the load tester publishes every event to each
 # node's API (--api lists them all), and each node fans out to its own sessions.
-echo "--targets $(IFS=,; echo "${targets[*]}") --api $(IFS=,; echo "${apis[*]}") --pids $(paste -sd, "$dir/pids")"
+echo "--targets $(IFS=,; echo "${targets[*]}") --api $(IFS=,; echo "${apis[*]}") --metrics $(IFS=,; echo "${admins[*]}")"

@@ -39,12 +39,31 @@ pub fn router(state: AdminState) -> Router {
 
 async fn metrics(State(s): State<AdminState>) -> (StatusCode, String) {
     match &s.prometheus {
-        Some(p) => (StatusCode::OK, p.render()),
+        Some(p) => {
+            // Sampled at scrape time: load testers divide it by `concord_sessions`.
+            if let Some(rss) = resident_bytes() {
+                metrics::gauge!("concord_process_resident_bytes").set(rss as f64);
+            }
+            (StatusCode::OK, p.render())
+        }
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
             "metrics recorder not installed\n".into(),
         ),
     }
+}
+
+/// This process's resident set size, from `/proc/self/status` (Linux only).
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
 }
 
 /// This node's view of the cluster: its id and generation, every member with its state

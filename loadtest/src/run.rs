@@ -104,6 +104,10 @@ pub struct RunArgs {
     /// Local node pids to read RSS from (`/proc`), comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub pids: Vec<u32>,
+    /// Node admin URLs to read RSS and session counts from (`/metrics`:
+    /// `concord_process_resident_bytes`, `concord_sessions`), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub metrics: Vec<String>,
     /// Seeds guild choice, publish order and jitter.
     #[arg(long, default_value_t = 0x5eed)]
     pub seed: u64,
@@ -321,6 +325,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
     for p in peers {
         let mut peer_args = args.clone();
         peer_args.pids.clear();
+        peer_args.metrics.clear();
         let r = run_target(&peer_args, Target::Peer { url: p.to_string() }).await?;
         report.peers.push(r);
     }
@@ -478,6 +483,8 @@ async fn run_target(args: &RunArgs, target: Target) -> anyhow::Result<Report> {
         HashMap::new()
     };
 
+    // Server memory while every session is still connected.
+    let server = server_figures(args).await;
     // Every session waits for its guild's last accepted event, then ends.
     fleet.set_phase(Phase::Final(last_accepted.clone())).await;
     let give_up = Instant::now() + FINAL_WAIT + Duration::from_secs(1);
@@ -501,6 +508,7 @@ async fn run_target(args: &RunArgs, target: Target) -> anyhow::Result<Report> {
         args,
         &layout,
         &target,
+        server,
         Measured {
             counters,
             latency,
@@ -663,29 +671,60 @@ struct Measured {
     publish_secs: f64,
 }
 
+/// Each node's memory: from `--metrics` (RSS over the node's own session count), and
+/// from `/proc` for `--pids` (RSS over an even share of the sessions).
+async fn server_figures(args: &RunArgs) -> Vec<report::ServerNode> {
+    let mut out = Vec::new();
+    let http = reqwest::Client::new();
+    for url in &args.metrics {
+        let text = match http
+            .get(format!("{}/metrics", url.trim_end_matches('/')))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+        {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        let rss = metric(&text, "concord_process_resident_bytes").unwrap_or(0.0);
+        let sessions = metric(&text, "concord_sessions").unwrap_or(0.0);
+        out.push(report::ServerNode {
+            node: url.clone(),
+            rss_bytes: rss as u64,
+            rss_bytes_per_session: if sessions > 0.0 { rss / sessions } else { 0.0 },
+        });
+    }
+    let per_node = (args.connections / args.pids.len().max(1)).max(1) as u64;
+    out.extend(args.pids.iter().map(|pid| {
+        let rss = rss_bytes(*pid).unwrap_or(0);
+        report::ServerNode {
+            node: format!("pid:{pid}"),
+            rss_bytes: rss,
+            rss_bytes_per_session: rss as f64 / per_node as f64,
+        }
+    }));
+    out
+}
+
+/// The value of an unlabelled Prometheus sample `name` in `text`.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (key, value) = l.split_once(' ')?;
+        (key == name).then(|| value.trim().parse().ok())?
+    })
+}
+
 fn build_report(
     args: &RunArgs,
     layout: &Layout,
     target: &Target,
+    server: Vec<report::ServerNode>,
     m: Measured,
     timeline: Vec<report::TimelineSample>,
 ) -> Report {
     let c = m.counters;
     let lat = m.latency.percentiles();
     let ready = m.ready.percentiles();
-    let per_node = (args.connections / args.pids.len().max(1)).max(1) as u64;
-    let server = args
-        .pids
-        .iter()
-        .map(|pid| {
-            let rss = rss_bytes(*pid).unwrap_or(0);
-            report::ServerNode {
-                node: format!("pid:{pid}"),
-                rss_bytes: rss,
-                rss_bytes_per_session: rss as f64 / per_node as f64,
-            }
-        })
-        .collect();
     let (name, targets) = match target {
         Target::Concord { urls } => ("concord".to_owned(), json!(urls)),
         Target::Peer { url } => (
@@ -819,6 +858,14 @@ mod tests {
         assert!(c.len() > 1_000);
         assert!(c.iter().all(|d| d.contains_key("channel_id")));
         assert!(payloads("lorem", 0, 1).is_err());
+    }
+
+    #[test]
+    fn prometheus_samples_are_read_by_name() {
+        let text = "# TYPE concord_sessions gauge\nconcord_sessions 17000\nconcord_sessions_x 3\nconcord_process_resident_bytes 1.5e8\n";
+        assert_eq!(metric(text, "concord_sessions"), Some(17_000.0));
+        assert_eq!(metric(text, "concord_process_resident_bytes"), Some(1.5e8));
+        assert_eq!(metric(text, "concord_missing"), None);
     }
 
     #[test]

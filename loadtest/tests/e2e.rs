@@ -18,6 +18,7 @@ async fn small_load_is_delivered_exactly_once() {
         compress: "zstd-stream".into(),
         payload_bytes: 50,
         pids: vec![std::process::id()],
+        metrics: vec![format!("http://{}", node.admin_addr)],
         ..common::args_for(&node, &config)
     };
     let report = run(args).await.unwrap();
@@ -33,7 +34,14 @@ async fn small_load_is_delivered_exactly_once() {
     );
     assert!(report.latency_ms.p50 > 0.0);
     assert!(!report.timeline.is_empty());
-    assert_eq!(report.server.len(), 1);
+    // One figure from the node's /metrics (RSS over its own sessions), one from /proc.
+    assert_eq!(report.server.len(), 2);
+    assert!(report.server.iter().all(|s| s.rss_bytes > 0));
+    assert!(
+        report.server[0].rss_bytes_per_session > 0.0,
+        "{:?}",
+        report.server
+    );
     node.drain();
     node.wait().await;
 }
