@@ -3,8 +3,8 @@
 //! The fan-out core of Concord, with no IO, no clocks and no tasks. It decides who gets
 //! an event and in which order; the `concord-gateway` shell moves the bytes.
 //!
-//! It does **not** hold sockets, serialise frames per session, or talk to peers (the
-//! peer transport arrives with clustering); a single node owns every topic for now.
+//! It does **not** hold sockets, serialise frames per session, or talk to peers: the
+//! [`cluster`] module decides what to say to peers, and the gateway's peer links carry it.
 //!
 //! ## Main types
 //! - [`Topic`] — what an event is published to, a guild or a user.
@@ -17,6 +17,9 @@
 //! - [`SessionLog`] — one session's dispatch sequence, replay index and write cursor. It
 //!   assigns `s`, keeps what a resume must replay within count and byte limits, and says
 //!   what the connection has not written yet.
+//! - [`ClusterRouter`] — one per node: forwards publishes to the guild's owner, sequences,
+//!   replicates and acknowledges owned guilds, and sends one fan-out batch per subscribed
+//!   peer node ([`PeerFrame`]s in, [`cluster::Output`]s out).
 //!
 //! ## Call order
 //! 1. `TopicTable::subscribe(topic, subscriber)` when a session joins a guild.
@@ -25,15 +28,23 @@
 //! 3. The connection drains `SessionLog::unwritten` and calls `SessionLog::mark_written`.
 //! 4. On resume, `SessionLog::rewind(client_seq)`, then write what is unwritten again.
 //!
+//! In a cluster, the [`ClusterRouter`] sits in front of step 2: a publish goes to
+//! `ClusterRouter::publish`, and each `Output::DeliverLocal` it yields is what this node
+//! hands to its topic table (see [`cluster`] for its own call order).
+//!
 //! # Layout
 //! - [`event`] — topics and events.
 //! - [`table`] — the topic table and delivery planning.
 //! - [`session_log`] — per-session sequence, replay index and write cursor.
+//! - [`cluster`] — cross-node publishing: guild owners, replicas, forwards, per-node
+//!   fan-out batches, subscriptions with cursors and gap fills ([`ClusterRouter`]).
 
+pub mod cluster;
 pub mod event;
 pub mod session_log;
 pub mod table;
 
+pub use cluster::{ClusterRouter, PeerFrame, Placements};
 pub use event::{Event, SharedEvent, Topic};
 pub use session_log::{ReplayLimits, ResumeError, SessionLog};
 pub use table::{Delivery, Subscriber, TopicTable};

@@ -1,0 +1,193 @@
+//! What nodes say to each other about guild events.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{GuildId, GuildSeq, NodeId, PublishId};
+
+/// One sequenced guild event, as logged, replicated and fanned out. Cheap to clone (the
+/// name and body are shared).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuildEvent {
+    /// The guild it was published to.
+    pub guild: GuildId,
+    /// Its position in the guild's sequence.
+    pub seq: GuildSeq,
+    /// The node a backend published it on.
+    pub origin: NodeId,
+    /// The origin's id for the publish (with `origin`, the idempotency key).
+    pub publish_id: PublishId,
+    /// The dispatch name (`t`).
+    pub event_type: Arc<str>,
+    /// The dispatch payload (`d`), serialised once.
+    pub body: Bytes,
+}
+
+/// A frame on a peer link. Links are FIFO per (sender, receiver) pair; nothing else is
+/// assumed (frames can be lost when a link breaks).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerFrame {
+    /// Origin (or a relay) -> owner: sequence this publish.
+    Forward {
+        /// The node the backend published on; acknowledgements go there.
+        origin: NodeId,
+        /// The origin's id for the publish.
+        publish_id: PublishId,
+        /// The guild.
+        guild: GuildId,
+        /// The dispatch name.
+        event_type: Arc<str>,
+        /// The payload.
+        body: Bytes,
+        /// How many nodes relayed it because their ring named another owner.
+        hops: u8,
+    },
+    /// Owner -> origin: the publish is sequenced and replicated.
+    ForwardAck {
+        /// The origin's id for the publish.
+        publish_id: PublishId,
+        /// The guild.
+        guild: GuildId,
+        /// The sequence it got.
+        seq: GuildSeq,
+    },
+    /// Owner (or relay) -> origin: the publish was not sequenced; tell the publisher.
+    ForwardReject {
+        /// The origin's id for the publish.
+        publish_id: PublishId,
+        /// The guild.
+        guild: GuildId,
+        /// Why.
+        error: super::PublishError,
+    },
+    /// Owner -> replica: append these events (any guilds, each guild in order).
+    Replicate {
+        /// The events.
+        events: Vec<GuildEvent>,
+    },
+    /// Replica -> owner: for each guild, the highest sequence now held.
+    ReplicateAck {
+        /// `(guild, highest seq held)` pairs.
+        acks: Vec<(GuildId, GuildSeq)>,
+    },
+    /// Subscriber -> owner: send me this guild's events after `after_seq`, then every new
+    /// one. `None` means "from now on" (answered with [`PeerFrame::Subscribed`]).
+    Subscribe {
+        /// The guild.
+        guild: GuildId,
+        /// The last sequence the subscriber delivered, if it has one.
+        after_seq: Option<GuildSeq>,
+    },
+    /// Owner -> subscriber: answer to a `Subscribe` from now on; deliver what follows
+    /// `after_seq`.
+    Subscribed {
+        /// The guild.
+        guild: GuildId,
+        /// The owner's last replicated sequence when the subscription began.
+        after_seq: GuildSeq,
+    },
+    /// Subscriber -> owner: this node has no session in the guild any more.
+    Unsubscribe {
+        /// The guild.
+        guild: GuildId,
+    },
+    /// Owner -> subscriber: events of one or more guilds, each guild in sequence order.
+    /// One frame per subscribed node per flush.
+    FanoutBatch {
+        /// The events.
+        events: Vec<GuildEvent>,
+    },
+    /// Owner -> subscriber: the log no longer covers the subscriber's cursor (or the
+    /// owner's sequence restarted); continue after `after_seq`. Events that fell out of
+    /// the log are lost for this node, so its sessions must be told.
+    Resync {
+        /// The guild.
+        guild: GuildId,
+        /// Where the subscriber's cursor now stands.
+        after_seq: GuildSeq,
+    },
+}
+
+/// The kinds of [`PeerFrame`], for counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FrameKind {
+    /// [`PeerFrame::Forward`].
+    Forward,
+    /// [`PeerFrame::ForwardAck`].
+    ForwardAck,
+    /// [`PeerFrame::ForwardReject`].
+    ForwardReject,
+    /// [`PeerFrame::Replicate`].
+    Replicate,
+    /// [`PeerFrame::ReplicateAck`].
+    ReplicateAck,
+    /// [`PeerFrame::Subscribe`].
+    Subscribe,
+    /// [`PeerFrame::Subscribed`].
+    Subscribed,
+    /// [`PeerFrame::Unsubscribe`].
+    Unsubscribe,
+    /// [`PeerFrame::FanoutBatch`].
+    FanoutBatch,
+    /// [`PeerFrame::Resync`].
+    Resync,
+}
+
+impl FrameKind {
+    /// How many kinds there are.
+    pub const COUNT: usize = 10;
+
+    /// Every kind, in [`FrameKind::index`] order.
+    pub const ALL: [FrameKind; FrameKind::COUNT] = [
+        FrameKind::Forward,
+        FrameKind::ForwardAck,
+        FrameKind::ForwardReject,
+        FrameKind::Replicate,
+        FrameKind::ReplicateAck,
+        FrameKind::Subscribe,
+        FrameKind::Subscribed,
+        FrameKind::Unsubscribe,
+        FrameKind::FanoutBatch,
+        FrameKind::Resync,
+    ];
+
+    /// A dense index, for counter arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// A metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FrameKind::Forward => "forward",
+            FrameKind::ForwardAck => "forward_ack",
+            FrameKind::ForwardReject => "forward_reject",
+            FrameKind::Replicate => "replicate",
+            FrameKind::ReplicateAck => "replicate_ack",
+            FrameKind::Subscribe => "subscribe",
+            FrameKind::Subscribed => "subscribed",
+            FrameKind::Unsubscribe => "unsubscribe",
+            FrameKind::FanoutBatch => "fanout_batch",
+            FrameKind::Resync => "resync",
+        }
+    }
+}
+
+impl PeerFrame {
+    /// This frame's kind.
+    pub fn kind(&self) -> FrameKind {
+        match self {
+            PeerFrame::Forward { .. } => FrameKind::Forward,
+            PeerFrame::ForwardAck { .. } => FrameKind::ForwardAck,
+            PeerFrame::ForwardReject { .. } => FrameKind::ForwardReject,
+            PeerFrame::Replicate { .. } => FrameKind::Replicate,
+            PeerFrame::ReplicateAck { .. } => FrameKind::ReplicateAck,
+            PeerFrame::Subscribe { .. } => FrameKind::Subscribe,
+            PeerFrame::Subscribed { .. } => FrameKind::Subscribed,
+            PeerFrame::Unsubscribe { .. } => FrameKind::Unsubscribe,
+            PeerFrame::FanoutBatch { .. } => FrameKind::FanoutBatch,
+            PeerFrame::Resync { .. } => FrameKind::Resync,
+        }
+    }
+}

@@ -1,0 +1,1133 @@
+//! [`ClusterRouter`]: the per-node state machine.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::frame::{GuildEvent, PeerFrame};
+use super::{
+    ClusterConfig, ClusterCounters, GuildId, GuildSeq, NodeId, Placement, Placements, PublishError,
+    PublishId,
+};
+
+/// What the router wants done. Drain with [`ClusterRouter::poll_output`] after every
+/// input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Send `frame` to peer `to` on its link (drop it if the peer is gone: the protocol
+    /// repairs lost frames).
+    Send {
+        /// The peer.
+        to: NodeId,
+        /// The frame.
+        frame: PeerFrame,
+    },
+    /// Hand `event` to this node's sessions in the guild. Events of one guild come in
+    /// sequence order, each sequence once.
+    DeliverLocal {
+        /// The event.
+        event: GuildEvent,
+    },
+    /// Tell the backend that published `publish_id` here that the event is sequenced and
+    /// replicated.
+    AckPublisher {
+        /// The id given to [`ClusterRouter::publish`].
+        publish_id: PublishId,
+        /// The guild.
+        guild: GuildId,
+        /// The sequence it got.
+        seq: GuildSeq,
+    },
+    /// Tell the backend that `publish_id` was not sequenced; it may retry.
+    RejectPublisher {
+        /// The id given to [`ClusterRouter::publish`].
+        publish_id: PublishId,
+        /// The guild.
+        guild: GuildId,
+        /// Why (transient).
+        error: PublishError,
+    },
+    /// Events of `guild` were lost for this node (they left the owner's log before they
+    /// reached it, or the owner's sequence restarted): its sessions must resynchronise
+    /// the guild (for example, by a fresh GUILD_CREATE).
+    Resync {
+        /// The guild.
+        guild: GuildId,
+    },
+}
+
+/// A guild this node owns: its sequence, log, replica and unacknowledged publishes.
+#[derive(Debug)]
+struct OwnedGuild {
+    /// The last sequence given out.
+    last_seq: GuildSeq,
+    /// The last sequence the replica holds (everything up to it may be acknowledged and
+    /// fanned out).
+    replicated: GuildSeq,
+    /// The newest events, oldest first. Holds every unreplicated event, plus up to
+    /// `log_capacity` replicated ones.
+    log: VecDeque<GuildEvent>,
+    /// `(origin, publish id) -> seq` for every logged event: the forward dedup memory.
+    by_publish: HashMap<(NodeId, PublishId), GuildSeq>,
+    /// Where events are replicated, if anywhere.
+    replica: Option<NodeId>,
+    /// Publishes sequenced but not yet replicated, in sequence order.
+    awaiting: VecDeque<(GuildSeq, NodeId, PublishId)>,
+}
+
+impl OwnedGuild {
+    fn fresh(replica: Option<NodeId>) -> Self {
+        OwnedGuild {
+            last_seq: GuildSeq(0),
+            replicated: GuildSeq(0),
+            log: VecDeque::new(),
+            by_publish: HashMap::new(),
+            replica,
+            awaiting: VecDeque::new(),
+        }
+    }
+
+    /// The owner a replica becomes: the replicated log is its history, all of it
+    /// replicated (the old owner had it, and this node has it).
+    fn promoted(replica_log: ReplicaLog, replica: Option<NodeId>) -> Self {
+        let by_publish = replica_log
+            .log
+            .iter()
+            .map(|e| ((e.origin.clone(), e.publish_id), e.seq))
+            .collect();
+        OwnedGuild {
+            last_seq: replica_log.last,
+            replicated: replica_log.last,
+            log: replica_log.log,
+            by_publish,
+            replica,
+            awaiting: VecDeque::new(),
+        }
+    }
+
+    /// The replicated events after `cursor`, and, if the log no longer reaches back to
+    /// `cursor + 1`, the cursor the subscriber must resync to.
+    fn events_after(&self, cursor: GuildSeq) -> (Option<GuildSeq>, Vec<GuildEvent>) {
+        let oldest = self.log.front().map_or(self.replicated.next(), |e| e.seq);
+        let resync = (cursor.next() < oldest).then(|| GuildSeq(oldest.0 - 1));
+        let events = self
+            .log
+            .iter()
+            .filter(|e| e.seq > cursor && e.seq <= self.replicated)
+            .cloned()
+            .collect();
+        (resync, events)
+    }
+
+    /// Drops the oldest replicated events past `capacity`.
+    fn evict(&mut self, capacity: usize) {
+        while self.log.len() > capacity {
+            match self.log.front() {
+                Some(e) if e.seq <= self.replicated => {
+                    self.by_publish.remove(&(e.origin.clone(), e.publish_id));
+                    self.log.pop_front();
+                }
+                _ => break,
+            }
+        }
+    }
+}
+
+/// A copy of another node's guild log, kept while this node is the guild's replica.
+#[derive(Debug, Default)]
+struct ReplicaLog {
+    log: VecDeque<GuildEvent>,
+    last: GuildSeq,
+}
+
+/// This node's interest in a guild: its local sessions and its delivery cursor.
+#[derive(Debug)]
+struct Subscription {
+    /// Local sessions in the guild.
+    sessions: usize,
+    /// The last sequence delivered locally; `None` until the owner says where "now" is.
+    last_delivered: Option<GuildSeq>,
+    /// Events that arrived ahead of a gap, waiting for it to fill.
+    early: BTreeMap<GuildSeq, GuildEvent>,
+    /// The owner this node subscribed to (itself when it owns the guild), `None` while
+    /// there is no ring.
+    owner: Option<NodeId>,
+    /// Batches received since a gap was re-requested; `None` when no request is out.
+    gap_request: Option<u32>,
+}
+
+/// Batches without progress after which a gap is requested again (the request or its
+/// answer may have been lost with a broken link).
+const GAP_RETRY_BATCHES: u32 = 16;
+
+/// A publish this node originated that awaits its owner's acknowledgement.
+#[derive(Debug)]
+struct PendingPublish {
+    guild: GuildId,
+    event_type: Arc<str>,
+    body: Bytes,
+    /// The node it was sent to (this node when it owns the guild).
+    sent_to: NodeId,
+    /// Set by [`ClusterRouter::resend_stale`]; a publish still pending at the next call
+    /// is sent again.
+    marked: bool,
+}
+
+/// A forward this node relayed because its ring named another owner. Kept until the
+/// next ring change: if our ring was the stale one, the relay went to a node that may
+/// be gone, and the new ring tells us where it really belongs.
+#[derive(Debug)]
+struct Relayed {
+    origin: NodeId,
+    publish_id: PublishId,
+    guild: GuildId,
+    event_type: Arc<str>,
+    body: Bytes,
+    relayed_to: NodeId,
+}
+
+/// Queued outputs and counters, apart from the tables so both can be borrowed at once.
+#[derive(Debug, Default)]
+struct Effects {
+    outputs: VecDeque<Output>,
+    counters: ClusterCounters,
+}
+
+impl Effects {
+    fn send(&mut self, to: NodeId, frame: PeerFrame) {
+        self.counters.frames_sent[frame.kind().index()] += 1;
+        if let PeerFrame::FanoutBatch { events } = &frame {
+            let n = events.len() as u64;
+            self.counters.fanout_events += n;
+            self.counters.max_batch_events = self.counters.max_batch_events.max(n);
+        }
+        if matches!(frame, PeerFrame::Resync { .. }) {
+            self.counters.resyncs += 1;
+        }
+        self.outputs.push_back(Output::Send { to, frame });
+    }
+
+    fn push(&mut self, output: Output) {
+        self.outputs.push_back(output);
+    }
+}
+
+/// The cluster router of one node. See the [module docs](super) for roles and call
+/// order.
+#[derive(Debug)]
+pub struct ClusterRouter<P> {
+    me: NodeId,
+    config: ClusterConfig,
+    placements: P,
+    /// Guilds this node owns.
+    owned: BTreeMap<GuildId, OwnedGuild>,
+    /// Guild logs this node replicates for their owners.
+    replicas: BTreeMap<GuildId, ReplicaLog>,
+    /// Peer nodes subscribed to a guild, with the last sequence sent to each (`None`:
+    /// subscribed "from now", not answered yet). Kept for guilds this node does not own
+    /// too: a subscriber whose ring is ahead of ours is served once ours catches up.
+    peers: BTreeMap<GuildId, BTreeMap<NodeId, Option<GuildSeq>>>,
+    /// Guilds with local sessions.
+    subscriptions: BTreeMap<GuildId, Subscription>,
+    /// Publishes this node originated, not yet acknowledged (ordered, so a re-send keeps
+    /// publish order).
+    pending: BTreeMap<PublishId, PendingPublish>,
+    /// Forwards relayed since the last ring change, oldest first, at most
+    /// `max_pending_publishes`.
+    relayed: VecDeque<Relayed>,
+    /// Events to replicate at the next flush, per replica node.
+    to_replicate: BTreeMap<NodeId, Vec<GuildEvent>>,
+    /// Owned guilds whose replicated sequence advanced since the last flush.
+    dirty: BTreeSet<GuildId>,
+    fx: Effects,
+}
+
+impl<P: Placements> ClusterRouter<P> {
+    /// The router of node `me`, with the current ring's `placements`.
+    pub fn new(me: NodeId, config: ClusterConfig, placements: P) -> Self {
+        ClusterRouter {
+            me,
+            config,
+            placements,
+            owned: BTreeMap::new(),
+            replicas: BTreeMap::new(),
+            peers: BTreeMap::new(),
+            subscriptions: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            relayed: VecDeque::new(),
+            to_replicate: BTreeMap::new(),
+            dirty: BTreeSet::new(),
+            fx: Effects::default(),
+        }
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &NodeId {
+        &self.me
+    }
+
+    /// The next queued output, oldest first.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.fx.outputs.pop_front()
+    }
+
+    /// What the router has done so far.
+    pub fn counters(&self) -> &ClusterCounters {
+        &self.fx.counters
+    }
+
+    /// Publishes this node originated that await acknowledgement.
+    pub fn pending_publishes(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The last sequence this node's sessions received in `guild`, if it is subscribed
+    /// and knows where it stands.
+    pub fn delivered_seq(&self, guild: GuildId) -> Option<GuildSeq> {
+        self.subscriptions
+            .get(&guild)
+            .and_then(|s| s.last_delivered)
+    }
+
+    /// The last sequence given out in `guild`, if this node owns it.
+    pub fn owned_seq(&self, guild: GuildId) -> Option<GuildSeq> {
+        self.owned.get(&guild).map(|g| g.last_seq)
+    }
+
+    /// Publishes an event from a local backend. On `Ok`, an [`Output::AckPublisher`] or
+    /// [`Output::RejectPublisher`] with `publish_id` follows (at once, or when the
+    /// owner answers).
+    ///
+    /// # Errors
+    /// [`PublishError::NoRing`], [`PublishError::Overloaded`] (here, or this node owns
+    /// the guild and its replica is behind) or [`PublishError::DuplicatePublishId`].
+    /// Nothing changes on an error.
+    pub fn publish(
+        &mut self,
+        guild: GuildId,
+        event_type: &str,
+        body: Bytes,
+        publish_id: PublishId,
+    ) -> Result<(), PublishError> {
+        let placement = self
+            .placements
+            .placement(guild)
+            .ok_or(PublishError::NoRing)?;
+        if self.pending.contains_key(&publish_id) {
+            return Err(PublishError::DuplicatePublishId(publish_id));
+        }
+        if self.pending.len() >= self.config.max_pending_publishes {
+            return Err(PublishError::Overloaded);
+        }
+        let event_type: Arc<str> = event_type.into();
+        self.pending.insert(
+            publish_id,
+            PendingPublish {
+                guild,
+                event_type: Arc::clone(&event_type),
+                body: body.clone(),
+                sent_to: placement.owner.clone(),
+                marked: false,
+            },
+        );
+        if placement.owner == self.me {
+            let me = self.me.clone();
+            if let Err(e) = self.sequence(guild, me, publish_id, event_type, body) {
+                self.pending.remove(&publish_id);
+                return Err(e);
+            }
+        } else {
+            self.send_forward(placement.owner, publish_id, guild, event_type, body);
+        }
+        Ok(())
+    }
+
+    /// A frame from peer `from`.
+    pub fn peer_frame(&mut self, from: &NodeId, frame: PeerFrame) {
+        match frame {
+            PeerFrame::Forward {
+                origin,
+                publish_id,
+                guild,
+                event_type,
+                body,
+                hops,
+            } => self.on_forward(origin, publish_id, guild, event_type, body, hops),
+            PeerFrame::ForwardAck {
+                publish_id,
+                guild,
+                seq,
+            } => {
+                if self.pending.remove(&publish_id).is_some() {
+                    self.fx.push(Output::AckPublisher {
+                        publish_id,
+                        guild,
+                        seq,
+                    });
+                }
+            }
+            PeerFrame::ForwardReject {
+                publish_id,
+                guild,
+                error,
+            } => {
+                if self.pending.remove(&publish_id).is_some() {
+                    self.fx.push(Output::RejectPublisher {
+                        publish_id,
+                        guild,
+                        error,
+                    });
+                }
+            }
+            PeerFrame::Replicate { events } => self.on_replicate(from, events),
+            PeerFrame::ReplicateAck { acks } => {
+                for (guild, seq) in acks {
+                    let from_replica = self
+                        .owned
+                        .get(&guild)
+                        .is_some_and(|g| g.replica.as_ref() == Some(from));
+                    if from_replica {
+                        self.commit(guild, seq);
+                    }
+                }
+            }
+            PeerFrame::Subscribe { guild, after_seq } => {
+                self.peers
+                    .entry(guild)
+                    .or_default()
+                    .insert(from.clone(), after_seq);
+                self.serve_peer(guild, from);
+            }
+            PeerFrame::Unsubscribe { guild } => {
+                if let Some(peers) = self.peers.get_mut(&guild) {
+                    peers.remove(from);
+                    if peers.is_empty() {
+                        self.peers.remove(&guild);
+                    }
+                }
+            }
+            PeerFrame::Subscribed { guild, after_seq } => {
+                if let Some(sub) = subscription_from(&mut self.subscriptions, guild, from)
+                    && sub.last_delivered.is_none()
+                {
+                    sub.last_delivered = Some(after_seq);
+                    deliver_ready(sub, &mut self.fx);
+                }
+            }
+            PeerFrame::Resync { guild, after_seq } => {
+                if let Some(sub) = subscription_from(&mut self.subscriptions, guild, from) {
+                    sub.last_delivered = Some(after_seq);
+                    sub.early.clear();
+                    sub.gap_request = None;
+                    self.fx.push(Output::Resync { guild });
+                }
+            }
+            PeerFrame::FanoutBatch { events } => self.on_batch(from, events),
+        }
+    }
+
+    /// A session on this node joined `guild`. The first one subscribes the node.
+    pub fn local_subscribe(&mut self, guild: GuildId) {
+        let sub = self
+            .subscriptions
+            .entry(guild)
+            .or_insert_with(|| Subscription {
+                sessions: 0,
+                last_delivered: None,
+                early: BTreeMap::new(),
+                owner: None,
+                gap_request: None,
+            });
+        sub.sessions += 1;
+        if sub.sessions == 1 {
+            self.subscribe_to_owner(guild);
+        }
+    }
+
+    /// A session on this node left `guild`. The last one unsubscribes the node.
+    pub fn local_unsubscribe(&mut self, guild: GuildId) {
+        let Some(sub) = self.subscriptions.get_mut(&guild) else {
+            return;
+        };
+        sub.sessions = sub.sessions.saturating_sub(1);
+        if sub.sessions > 0 {
+            return;
+        }
+        let owner = sub.owner.take();
+        self.subscriptions.remove(&guild);
+        if let Some(owner) = owner
+            && owner != self.me
+        {
+            self.fx.send(owner, PeerFrame::Unsubscribe { guild });
+        }
+    }
+
+    /// The ring changed: take the new placements. Demotes and promotes guild owners,
+    /// re-points replication, re-subscribes to moved guilds from the last delivered
+    /// sequence, and sends pending publishes to their new owners.
+    pub fn ring_changed(&mut self, placements: P) {
+        self.placements = placements;
+
+        // Owned guilds: demote, or follow a replica change.
+        let owned: Vec<GuildId> = self.owned.keys().copied().collect();
+        for guild in owned {
+            let placement = self.placements.placement(guild);
+            match placement {
+                Some(p) if p.owner == self.me => self.set_replica(guild, p.replica),
+                // Not the owner any more: the new owner continues from its own copy.
+                // Our own unacknowledged publishes are re-sent below; others' origins
+                // re-send theirs.
+                _ => {
+                    self.owned.remove(&guild);
+                    self.dirty.remove(&guild);
+                }
+            }
+        }
+
+        // Replica logs: promote, keep, or drop.
+        let replicated: Vec<GuildId> = self.replicas.keys().copied().collect();
+        for guild in replicated {
+            match self.placements.placement(guild) {
+                Some(p) if p.owner == self.me => {
+                    self.owned_entry(guild, &p);
+                }
+                Some(p) if p.replica.as_ref() == Some(&self.me) => {}
+                _ => {
+                    self.replicas.remove(&guild);
+                }
+            }
+        }
+
+        // Peers that subscribed to us: serve those of guilds we now own.
+        let peer_guilds: Vec<GuildId> = self.peers.keys().copied().collect();
+        for guild in peer_guilds {
+            let nodes: Vec<NodeId> = self
+                .peers
+                .get(&guild)
+                .map(|p| p.keys().cloned().collect())
+                .unwrap_or_default();
+            for node in nodes {
+                self.serve_peer(guild, &node);
+            }
+        }
+
+        // Local subscriptions: follow the owner.
+        let subscribed: Vec<GuildId> = self.subscriptions.keys().copied().collect();
+        for guild in subscribed {
+            let new_owner = self.placements.placement(guild).map(|p| p.owner);
+            let Some(sub) = self.subscriptions.get_mut(&guild) else {
+                continue;
+            };
+            if sub.owner == new_owner {
+                continue;
+            }
+            if let Some(old) = sub.owner.take()
+                && old != self.me
+            {
+                self.fx.send(old, PeerFrame::Unsubscribe { guild });
+            }
+            self.subscribe_to_owner(guild);
+        }
+
+        // Our pending publishes: to the new owner.
+        let ids: Vec<PublishId> = self.pending.keys().copied().collect();
+        for id in ids {
+            self.route_pending(id, false);
+        }
+
+        // Forwards we relayed on the old ring: where the new one says, if that moved.
+        for r in std::mem::take(&mut self.relayed) {
+            let Some(p) = self.placements.placement(r.guild) else {
+                continue;
+            };
+            if p.owner == self.me {
+                let origin = r.origin.clone();
+                if let Err(e) = self.sequence(r.guild, r.origin, r.publish_id, r.event_type, r.body)
+                {
+                    self.reject(origin, r.publish_id, r.guild, e);
+                }
+            } else if p.owner != r.relayed_to {
+                self.fx.send(
+                    p.owner,
+                    PeerFrame::Forward {
+                        origin: r.origin,
+                        publish_id: r.publish_id,
+                        guild: r.guild,
+                        event_type: r.event_type,
+                        body: r.body,
+                        hops: 1,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Membership declared `node` dead: forget its subscriptions. (Its guilds move with
+    /// the next [`ClusterRouter::ring_changed`].)
+    pub fn peer_down(&mut self, node: &NodeId) {
+        self.peers.retain(|_, peers| {
+            peers.remove(node);
+            !peers.is_empty()
+        });
+        self.to_replicate.remove(node);
+    }
+
+    /// Sends again every publish that was already pending at the previous call and still
+    /// is. Call it on a timer (for example once a second): it repairs forwards lost with
+    /// a broken link or relayed by a node whose ring was stale. A re-sent forward is
+    /// sequenced once (see the module docs).
+    pub fn resend_stale(&mut self) {
+        let ids: Vec<PublishId> = self.pending.keys().copied().collect();
+        for id in ids {
+            let Some(p) = self.pending.get_mut(&id) else {
+                continue;
+            };
+            if p.marked {
+                self.route_pending(id, true);
+            } else {
+                p.marked = true;
+            }
+        }
+    }
+
+    /// Sends what accumulated since the last flush: one `Replicate` frame per replica
+    /// node, then one `FanoutBatch` per subscribed peer node, and delivers local events
+    /// of owned guilds.
+    pub fn flush(&mut self) {
+        for (node, events) in std::mem::take(&mut self.to_replicate) {
+            if !events.is_empty() {
+                self.fx.send(node, PeerFrame::Replicate { events });
+            }
+        }
+
+        let mut batches: BTreeMap<NodeId, Vec<GuildEvent>> = BTreeMap::new();
+        for guild in std::mem::take(&mut self.dirty) {
+            let Some(owned) = self.owned.get(&guild) else {
+                continue;
+            };
+            if let Some(peers) = self.peers.get_mut(&guild) {
+                for (node, cursor) in peers.iter_mut() {
+                    let Some(c) = *cursor else { continue };
+                    if c >= owned.replicated {
+                        continue;
+                    }
+                    let (resync, events) = owned.events_after(c);
+                    if let Some(after_seq) = resync {
+                        // Sent now, so it arrives before the batch it precedes.
+                        self.fx
+                            .send(node.clone(), PeerFrame::Resync { guild, after_seq });
+                    }
+                    batches.entry(node.clone()).or_default().extend(events);
+                    *cursor = Some(owned.replicated);
+                }
+            }
+            if let Some(sub) = self.subscriptions.get_mut(&guild)
+                && sub.owner.as_ref() == Some(&self.me)
+            {
+                deliver_from_log(guild, sub, owned, &mut self.fx);
+            }
+        }
+        for (node, events) in batches {
+            if !events.is_empty() {
+                self.fx.send(node, PeerFrame::FanoutBatch { events });
+            }
+        }
+    }
+
+    // --- owner side ---
+
+    /// The owned state of `guild`, made on first use: promoted from our replica log if
+    /// we hold one, else a fresh sequence.
+    fn owned_entry(&mut self, guild: GuildId, placement: &Placement) -> &mut OwnedGuild {
+        if !self.owned.contains_key(&guild) {
+            let owned = match self.replicas.remove(&guild) {
+                Some(log) => {
+                    let owned = OwnedGuild::promoted(log, placement.replica.clone());
+                    if let Some(r) = &owned.replica {
+                        self.to_replicate
+                            .entry(r.clone())
+                            .or_default()
+                            .extend(owned.log.iter().cloned());
+                    }
+                    self.dirty.insert(guild);
+                    owned
+                }
+                None => OwnedGuild::fresh(placement.replica.clone()),
+            };
+            self.owned.insert(guild, owned);
+        }
+        self.replicas.remove(&guild);
+        self.owned
+            .entry(guild)
+            .or_insert_with(|| OwnedGuild::fresh(placement.replica.clone()))
+    }
+
+    /// Points replication of an owned guild at `replica`; a new replica gets the whole
+    /// log, so it can fill gaps if we die.
+    fn set_replica(&mut self, guild: GuildId, replica: Option<NodeId>) {
+        let Some(owned) = self.owned.get_mut(&guild) else {
+            return;
+        };
+        if owned.replica == replica {
+            return;
+        }
+        owned.replica = replica;
+        match owned.replica.clone() {
+            Some(r) => self
+                .to_replicate
+                .entry(r)
+                .or_default()
+                .extend(owned.log.iter().cloned()),
+            None => {
+                let last = owned.last_seq;
+                self.commit(guild, last);
+            }
+        }
+    }
+
+    /// Sequences a publish in an owned guild (or answers a duplicate from memory).
+    fn sequence(
+        &mut self,
+        guild: GuildId,
+        origin: NodeId,
+        publish_id: PublishId,
+        event_type: Arc<str>,
+        body: Bytes,
+    ) -> Result<(), PublishError> {
+        let placement = self
+            .placements
+            .placement(guild)
+            .ok_or(PublishError::NoRing)?;
+        let max_unreplicated = self.config.max_unreplicated as u64;
+        let owned = self.owned_entry(guild, &placement);
+        if let Some(&seq) = owned.by_publish.get(&(origin.clone(), publish_id)) {
+            let replicated = owned.replicated;
+            self.fx.counters.duplicate_forwards += 1;
+            if seq <= replicated {
+                self.acknowledge(origin, publish_id, guild, seq);
+            }
+            // Otherwise it is already awaiting the replica and is acknowledged then.
+            return Ok(());
+        }
+        if owned.last_seq.0 - owned.replicated.0 >= max_unreplicated {
+            return Err(PublishError::Overloaded);
+        }
+        let seq = owned.last_seq.next();
+        owned.last_seq = seq;
+        let event = GuildEvent {
+            guild,
+            seq,
+            origin: origin.clone(),
+            publish_id,
+            event_type,
+            body,
+        };
+        owned.by_publish.insert((origin.clone(), publish_id), seq);
+        owned.awaiting.push_back((seq, origin, publish_id));
+        owned.log.push_back(event.clone());
+        match owned.replica.clone() {
+            Some(r) => self.to_replicate.entry(r).or_default().push(event),
+            None => self.commit(guild, seq),
+        }
+        Ok(())
+    }
+
+    /// The replica holds everything up to `upto`: acknowledge those publishes and mark
+    /// the guild for fan-out.
+    fn commit(&mut self, guild: GuildId, upto: GuildSeq) {
+        let capacity = self.config.log_capacity;
+        let Some(owned) = self.owned.get_mut(&guild) else {
+            return;
+        };
+        let upto = upto.min(owned.last_seq);
+        if upto <= owned.replicated {
+            return;
+        }
+        owned.replicated = upto;
+        let mut done = Vec::new();
+        while owned
+            .awaiting
+            .front()
+            .is_some_and(|(seq, _, _)| *seq <= upto)
+        {
+            if let Some(entry) = owned.awaiting.pop_front() {
+                done.push(entry);
+            }
+        }
+        owned.evict(capacity);
+        self.dirty.insert(guild);
+        for (seq, origin, publish_id) in done {
+            self.acknowledge(origin, publish_id, guild, seq);
+        }
+    }
+
+    fn acknowledge(
+        &mut self,
+        origin: NodeId,
+        publish_id: PublishId,
+        guild: GuildId,
+        seq: GuildSeq,
+    ) {
+        if origin == self.me {
+            if self.pending.remove(&publish_id).is_some() {
+                self.fx.push(Output::AckPublisher {
+                    publish_id,
+                    guild,
+                    seq,
+                });
+            }
+        } else {
+            self.fx.send(
+                origin,
+                PeerFrame::ForwardAck {
+                    publish_id,
+                    guild,
+                    seq,
+                },
+            );
+        }
+    }
+
+    fn reject(
+        &mut self,
+        origin: NodeId,
+        publish_id: PublishId,
+        guild: GuildId,
+        error: PublishError,
+    ) {
+        if origin == self.me {
+            if self.pending.remove(&publish_id).is_some() {
+                self.fx.push(Output::RejectPublisher {
+                    publish_id,
+                    guild,
+                    error,
+                });
+            }
+        } else {
+            self.fx.send(
+                origin,
+                PeerFrame::ForwardReject {
+                    publish_id,
+                    guild,
+                    error,
+                },
+            );
+        }
+    }
+
+    fn on_forward(
+        &mut self,
+        origin: NodeId,
+        publish_id: PublishId,
+        guild: GuildId,
+        event_type: Arc<str>,
+        body: Bytes,
+        hops: u8,
+    ) {
+        match self.placements.placement(guild) {
+            None => self.reject(origin, publish_id, guild, PublishError::NoRing),
+            Some(p) if p.owner == self.me => {
+                if let Err(e) = self.sequence(guild, origin.clone(), publish_id, event_type, body) {
+                    self.reject(origin, publish_id, guild, e);
+                }
+            }
+            // Our ring names another owner: relay, a bounded number of times.
+            Some(_) if hops >= self.config.max_forward_hops => {
+                self.reject(origin, publish_id, guild, PublishError::OwnerUnreachable);
+            }
+            Some(p) => {
+                if self.relayed.len() >= self.config.max_pending_publishes {
+                    self.relayed.pop_front();
+                }
+                self.relayed.push_back(Relayed {
+                    origin: origin.clone(),
+                    publish_id,
+                    guild,
+                    event_type: Arc::clone(&event_type),
+                    body: body.clone(),
+                    relayed_to: p.owner.clone(),
+                });
+                self.fx.send(
+                    p.owner,
+                    PeerFrame::Forward {
+                        origin,
+                        publish_id,
+                        guild,
+                        event_type,
+                        body,
+                        hops: hops + 1,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Serves peer `node`'s subscription to `guild` if we own it: "now" for a fresh
+    /// one, else the gap after its cursor (with a resync first if the log falls short).
+    fn serve_peer(&mut self, guild: GuildId, node: &NodeId) {
+        let Some(placement) = self.placements.placement(guild) else {
+            return;
+        };
+        if placement.owner != self.me {
+            return;
+        }
+        let Some(cursor) = self.peers.get(&guild).and_then(|p| p.get(node)).copied() else {
+            return;
+        };
+        let owned = self.owned_entry(guild, &placement);
+        let replicated = owned.replicated;
+        match cursor {
+            None => self.fx.send(
+                node.clone(),
+                PeerFrame::Subscribed {
+                    guild,
+                    after_seq: replicated,
+                },
+            ),
+            // Ahead of us: our sequence restarted (we were not the replica).
+            Some(c) if c > replicated => self.fx.send(
+                node.clone(),
+                PeerFrame::Resync {
+                    guild,
+                    after_seq: replicated,
+                },
+            ),
+            Some(c) => {
+                let (resync, events) = owned.events_after(c);
+                if let Some(after_seq) = resync {
+                    self.fx
+                        .send(node.clone(), PeerFrame::Resync { guild, after_seq });
+                }
+                if !events.is_empty() {
+                    self.fx
+                        .send(node.clone(), PeerFrame::FanoutBatch { events });
+                }
+            }
+        }
+        if let Some(c) = self.peers.get_mut(&guild).and_then(|p| p.get_mut(node)) {
+            *c = Some(replicated);
+        }
+    }
+
+    // --- replica side ---
+
+    fn on_replicate(&mut self, from: &NodeId, events: Vec<GuildEvent>) {
+        let capacity = self.config.log_capacity;
+        let mut acks: BTreeMap<GuildId, GuildSeq> = BTreeMap::new();
+        for event in events {
+            let guild = event.guild;
+            let replica = self.replicas.entry(guild).or_default();
+            if event.seq > replica.last {
+                if event.seq != replica.last.next() {
+                    // We missed events (we just became the replica): our copy starts here.
+                    replica.log.clear();
+                }
+                replica.last = event.seq;
+                replica.log.push_back(event);
+                while replica.log.len() > capacity {
+                    replica.log.pop_front();
+                }
+            }
+            acks.insert(guild, replica.last);
+        }
+        if !acks.is_empty() {
+            self.fx.send(
+                from.clone(),
+                PeerFrame::ReplicateAck {
+                    acks: acks.into_iter().collect(),
+                },
+            );
+        }
+    }
+
+    // --- subscriber side ---
+
+    /// Subscribes this node's sessions in `guild` to its current owner.
+    fn subscribe_to_owner(&mut self, guild: GuildId) {
+        let Some(placement) = self.placements.placement(guild) else {
+            return;
+        };
+        if placement.owner == self.me {
+            let replicated = self.owned_entry(guild, &placement).replicated;
+            if let Some(sub) = self.subscriptions.get_mut(&guild) {
+                sub.owner = Some(self.me.clone());
+                sub.last_delivered.get_or_insert(replicated);
+                sub.gap_request = None;
+            }
+            // Delivers what we hold beyond the cursor at the next flush.
+            self.dirty.insert(guild);
+        } else if let Some(sub) = self.subscriptions.get_mut(&guild) {
+            sub.owner = Some(placement.owner.clone());
+            sub.gap_request = None;
+            let after_seq = sub.last_delivered;
+            self.fx
+                .send(placement.owner, PeerFrame::Subscribe { guild, after_seq });
+        }
+    }
+
+    fn on_batch(&mut self, from: &NodeId, events: Vec<GuildEvent>) {
+        let capacity = self.config.max_out_of_order;
+        let mut touched = BTreeSet::new();
+        for event in events {
+            let guild = event.guild;
+            let Some(sub) = subscription_from(&mut self.subscriptions, guild, from) else {
+                self.fx.counters.stray_events += 1;
+                continue;
+            };
+            touched.insert(guild);
+            match sub.last_delivered {
+                Some(last) if event.seq <= last => self.fx.counters.duplicates_dropped += 1,
+                Some(last) if event.seq == last.next() => {
+                    sub.last_delivered = Some(event.seq);
+                    sub.gap_request = None;
+                    self.fx.push(Output::DeliverLocal { event });
+                    deliver_ready(sub, &mut self.fx);
+                }
+                _ => {
+                    if sub.early.contains_key(&event.seq) {
+                        self.fx.counters.duplicates_dropped += 1;
+                    } else if sub.early.len() < capacity {
+                        sub.early.insert(event.seq, event);
+                    }
+                    // Else dropped: the gap fill brings it again.
+                }
+            }
+        }
+        for guild in touched {
+            let Some(sub) = self.subscriptions.get_mut(&guild) else {
+                continue;
+            };
+            let Some(last) = sub.last_delivered else {
+                continue;
+            };
+            if sub.early.is_empty() {
+                continue;
+            }
+            let ask = match &mut sub.gap_request {
+                None => true,
+                Some(n) => {
+                    *n += 1;
+                    *n > GAP_RETRY_BATCHES
+                }
+            };
+            if ask {
+                sub.gap_request = Some(0);
+                self.fx.counters.gap_requests += 1;
+                self.fx.send(
+                    from.clone(),
+                    PeerFrame::Subscribe {
+                        guild,
+                        after_seq: Some(last),
+                    },
+                );
+            }
+        }
+    }
+
+    // --- origin side ---
+
+    fn send_forward(
+        &mut self,
+        to: NodeId,
+        publish_id: PublishId,
+        guild: GuildId,
+        event_type: Arc<str>,
+        body: Bytes,
+    ) {
+        let origin = self.me.clone();
+        self.fx.send(
+            to,
+            PeerFrame::Forward {
+                origin,
+                publish_id,
+                guild,
+                event_type,
+                body,
+                hops: 0,
+            },
+        );
+    }
+
+    /// Sends pending publish `id` to its guild's current owner if that changed (or
+    /// always, with `again`).
+    fn route_pending(&mut self, id: PublishId, again: bool) {
+        let Some(p) = self.pending.get_mut(&id) else {
+            return;
+        };
+        let Some(placement) = self.placements.placement(p.guild) else {
+            return;
+        };
+        let owner = placement.owner;
+        if owner == p.sent_to && !again {
+            return;
+        }
+        p.sent_to = owner.clone();
+        p.marked = false;
+        let (guild, event_type, body) = (p.guild, Arc::clone(&p.event_type), p.body.clone());
+        if owner == self.me {
+            let me = self.me.clone();
+            if let Err(e) = self.sequence(guild, me.clone(), id, event_type, body) {
+                self.reject(me, id, guild, e);
+            }
+        } else {
+            self.send_forward(owner, id, guild, event_type, body);
+        }
+    }
+}
+
+/// Our subscription to `guild`, if `from` is the owner we subscribed to.
+fn subscription_from<'a>(
+    subscriptions: &'a mut BTreeMap<GuildId, Subscription>,
+    guild: GuildId,
+    from: &NodeId,
+) -> Option<&'a mut Subscription> {
+    subscriptions
+        .get_mut(&guild)
+        .filter(|s| s.owner.as_ref() == Some(from))
+}
+
+/// Delivers the early events of `sub` that are now in order.
+fn deliver_ready(sub: &mut Subscription, fx: &mut Effects) {
+    let Some(mut last) = sub.last_delivered else {
+        return;
+    };
+    while let Some(entry) = sub.early.first_entry() {
+        let seq = *entry.key();
+        if seq <= last {
+            entry.remove();
+            fx.counters.duplicates_dropped += 1;
+        } else if seq == last.next() {
+            fx.push(Output::DeliverLocal {
+                event: entry.remove(),
+            });
+            last = seq;
+            sub.gap_request = None;
+        } else {
+            break;
+        }
+    }
+    sub.last_delivered = Some(last);
+}
+
+/// Delivers an owned guild's replicated events past the local cursor.
+fn deliver_from_log(guild: GuildId, sub: &mut Subscription, owned: &OwnedGuild, fx: &mut Effects) {
+    let last = *sub.last_delivered.get_or_insert(owned.replicated);
+    if last > owned.replicated {
+        // Our sequence restarted (we became owner without the replica log).
+        sub.last_delivered = Some(owned.replicated);
+        fx.counters.resyncs += 1;
+        fx.push(Output::Resync { guild });
+        return;
+    }
+    let (resync, events) = owned.events_after(last);
+    if resync.is_some() {
+        fx.counters.resyncs += 1;
+        fx.push(Output::Resync { guild });
+    }
+    for event in events {
+        sub.last_delivered = Some(event.seq);
+        fx.push(Output::DeliverLocal { event });
+    }
+    sub.early.clear();
+}
