@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../protocol/proto");
-    let files = ["concord/v1/publish.proto"];
+    let files = ["concord/v1/publish.proto", "concord/v1/peer.proto"];
     for f in files {
         println!("cargo:rerun-if-changed={}", dir.join(f).display());
     }

@@ -20,6 +20,7 @@ use serde_json::value::RawValue;
 
 use crate::config::Config;
 use crate::hub::{HubClosed, HubHandle, HubInput};
+use crate::peer::{ClusterPublishError, RouterHandle};
 
 /// What the API handlers share.
 #[derive(Clone, Debug)]
@@ -28,6 +29,8 @@ pub struct ApiState {
     pub config: Arc<Config>,
     /// The hub.
     pub hub: HubHandle,
+    /// The cluster router, when clustered: guild publishes go through the guild's owner.
+    pub router: Option<RouterHandle>,
     /// The gateway URL clients connect to.
     pub public_url: String,
     /// The zstd-dict dictionaries this node serves.
@@ -46,6 +49,18 @@ pub enum ApiError {
     /// The node is shutting down (503, retry on another node).
     #[error("node is shutting down")]
     ShuttingDown,
+    /// The cluster could not sequence a guild publish (503, transient: retry).
+    #[error("cluster unavailable: {0}")]
+    ClusterUnavailable(ClusterPublishError),
+}
+
+impl From<ClusterPublishError> for ApiError {
+    fn from(e: ClusterPublishError) -> Self {
+        match e {
+            ClusterPublishError::ShuttingDown => ApiError::ShuttingDown,
+            e => ApiError::ClusterUnavailable(e),
+        }
+    }
 }
 
 impl From<HubClosed> for ApiError {
@@ -59,7 +74,9 @@ impl IntoResponse for ApiError {
         let (status, code) = match self {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, 0),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, 50_035),
-            ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, 0),
+            ApiError::ShuttingDown | ApiError::ClusterUnavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, 0)
+            }
         };
         (
             status,
@@ -150,7 +167,10 @@ async fn publish_guild(
 ) -> Result<Response, ApiError> {
     check_bearer(&headers, &s.config.publish_secret)?;
     let (t, d) = parse_event(&body, s.config.max_event_bytes)?;
-    let seq = s.hub.publish(Topic::Guild(GuildId(guild)), &t, d).await?;
+    let seq = match &s.router {
+        Some(router) => router.publish(GuildId(guild), &t, d).await?,
+        None => s.hub.publish(Topic::Guild(GuildId(guild)), &t, d).await?,
+    };
     Ok((StatusCode::ACCEPTED, Json(json!({ "guild_seq": seq }))).into_response())
 }
 

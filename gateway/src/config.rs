@@ -167,7 +167,9 @@ pub struct ServeArgs {
     /// The gossip address other nodes are told to send to [default: the bound --gossip-listen].
     #[arg(long, env = "CONCORD_GOSSIP_ADVERTISE")]
     pub gossip_advertise: Option<SocketAddr>,
-    /// Peer-link address (recorded and advertised to the cluster; peer links come later).
+    /// TCP address the peer-link (tonic) server listens on; used only with --gossip-listen.
+    /// Without it this node still dials peers with greater ids, but peers with smaller ids
+    /// cannot reach it, so set it on every clustered node.
     #[arg(long, env = "CONCORD_PEER_LISTEN")]
     pub peer_listen: Option<SocketAddr>,
     /// The peer-link address other nodes are told to use [default: --peer-listen].

@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::api::{constant_time_eq, validate_event};
 use crate::config::Config;
 use crate::hub::HubHandle;
+use crate::peer::RouterHandle;
 
 /// Generated code for `concord/v1/publish.proto`.
 #[allow(missing_docs, missing_debug_implementations, clippy::all)]
@@ -26,13 +27,24 @@ use pb::{PublishReply, PublishRequest, PublishStreamReply};
 pub struct PublishService {
     config: Arc<Config>,
     hub: HubHandle,
+    router: Option<RouterHandle>,
 }
 
 impl PublishService {
     /// The service as a tonic server.
-    pub fn server(config: Arc<Config>, hub: HubHandle) -> PublisherServer<PublishService> {
+    /// With `router` (a clustered node), guild events go through the guild's owner.
+    pub fn server(
+        config: Arc<Config>,
+        hub: HubHandle,
+        router: Option<RouterHandle>,
+    ) -> PublisherServer<PublishService> {
         let limit = config_limit(&config);
-        PublisherServer::new(PublishService { config, hub }).max_decoding_message_size(limit)
+        PublisherServer::new(PublishService {
+            config,
+            hub,
+            router,
+        })
+        .max_decoding_message_size(limit)
     }
 
     fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
@@ -59,10 +71,18 @@ impl PublishService {
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         serde_json::from_slice::<&serde_json::value::RawValue>(&req.data_json)
             .map_err(|e| Status::invalid_argument(format!("data_json is not JSON: {e}")))?;
-        self.hub
-            .publish(topic, &req.event_type, Bytes::from(req.data_json))
-            .await
-            .map_err(|_| Status::unavailable("node is shutting down"))
+        let body = Bytes::from(req.data_json);
+        match (&self.router, topic) {
+            (Some(router), Topic::Guild(guild)) => router
+                .publish(guild, &req.event_type, body)
+                .await
+                .map_err(|e| Status::unavailable(e.to_string())),
+            _ => self
+                .hub
+                .publish(topic, &req.event_type, body)
+                .await
+                .map_err(|_| Status::unavailable("node is shutting down")),
+        }
     }
 }
 

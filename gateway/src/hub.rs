@@ -5,6 +5,11 @@
 //! guild's events, and every subscriber of a topic sees its events in topic order. Each
 //! published event is serialised once; the hub pushes the same `Arc` into every
 //! subscribed session's log and wakes its connection, which does the writing.
+//!
+//! On a clustered node, guild events arrive already sequenced by the guild's owner
+//! ([`HubInput::DeliverSequenced`], from the [`crate::peer`] router task, in guild order),
+//! and the hub reports each guild's local subscriber count going 0 -> 1 and 1 -> 0 to
+//! that task, so the node subscribes to the owner once, not once per session.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -15,6 +20,7 @@ use concord_router::{Event, Subscriber, Topic, TopicTable};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Metrics;
+use crate::peer::SubscriptionChange;
 use crate::session::{Delivered, SessionRef};
 
 /// How many inputs may wait for the hub before callers are slowed down.
@@ -67,6 +73,17 @@ pub enum HubInput {
         user: UserId,
         /// Gets the count.
         reply: oneshot::Sender<usize>,
+    },
+    /// Deliver a guild event the guild's owner already sequenced (clustered mode). The
+    /// cluster router hands these over in guild order, each once; the hub delivers them
+    /// in the order given and does not sequence guild events of its own in that mode.
+    DeliverSequenced {
+        /// The guild.
+        guild: GuildId,
+        /// `t`.
+        event_type: Box<str>,
+        /// `d`, serialised JSON.
+        body: Bytes,
     },
     /// Store the guild object GUILD_CREATE carries.
     StoreGuild {
@@ -138,6 +155,10 @@ pub struct Hub {
     guild_objects: HashMap<GuildId, Bytes>,
     queue_limit: u64,
     metrics: Metrics,
+    /// Clustered mode: where guild subscription changes (0 -> 1 and 1 -> 0 local
+    /// subscribers) go. Unbounded because the router task waits on the hub; one message
+    /// per transition.
+    subscriptions: Option<mpsc::UnboundedSender<SubscriptionChange>>,
 }
 
 impl Hub {
@@ -149,7 +170,15 @@ impl Hub {
             guild_objects: HashMap::new(),
             queue_limit,
             metrics,
+            subscriptions: None,
         }
+    }
+
+    /// Reports guild subscription changes to the cluster router on `tx`.
+    #[must_use]
+    pub fn with_subscriptions(mut self, tx: mpsc::UnboundedSender<SubscriptionChange>) -> Hub {
+        self.subscriptions = Some(tx);
+        self
     }
 
     /// Starts the hub task; it ends when every handle is dropped.
@@ -191,7 +220,7 @@ impl Hub {
             HubInput::Leave { session } => {
                 let guilds = std::mem::take(&mut session.lock().guilds);
                 for g in guilds {
-                    self.table.unsubscribe(Topic::Guild(g), session.key());
+                    self.leave_guild(&session, g);
                 }
                 self.table
                     .unsubscribe(Topic::User(session.user), session.key());
@@ -208,7 +237,7 @@ impl Hub {
                 let sessions = self.table.subscribers(Topic::User(user)).to_vec();
                 let mut left = 0;
                 for s in sessions {
-                    if self.table.unsubscribe(Topic::Guild(guild), s.key()) {
+                    if self.leave_guild(&s, guild) {
                         left += 1;
                         s.lock().guilds.retain(|g| *g != guild);
                         let body = format!(r#"{{"id":"{guild}"}}"#);
@@ -216,6 +245,15 @@ impl Hub {
                     }
                 }
                 let _ = reply.send(left);
+            }
+            HubInput::DeliverSequenced {
+                guild,
+                event_type,
+                body,
+            } => {
+                // The topic table numbers it locally, in the order given: the same
+                // order as the owner's guild sequence.
+                self.publish(Topic::Guild(guild), &event_type, body, now);
             }
             HubInput::StoreGuild { guild, object } => {
                 self.guild_objects.insert(guild, object);
@@ -247,7 +285,27 @@ impl Hub {
             .clone();
         session.lock().guilds.push(guild);
         session.push(Event::session_only("GUILD_CREATE", body, now));
-        self.table.subscribe(Topic::Guild(guild), session.clone())
+        let joined = self.table.subscribe(Topic::Guild(guild), session.clone());
+        if joined && self.table.subscribers(Topic::Guild(guild)).len() == 1 {
+            self.report(SubscriptionChange::Subscribe(guild));
+        }
+        joined
+    }
+
+    /// Unsubscribes a session from a guild; returns false if it was not subscribed.
+    fn leave_guild(&mut self, session: &SessionRef, guild: GuildId) -> bool {
+        let left = self.table.unsubscribe(Topic::Guild(guild), session.key());
+        if left && self.table.subscribers(Topic::Guild(guild)).is_empty() {
+            self.report(SubscriptionChange::Unsubscribe(guild));
+        }
+        left
+    }
+
+    fn report(&self, change: SubscriptionChange) {
+        if let Some(tx) = &self.subscriptions {
+            // Fails only when the router task stopped (shutdown): nothing to tell.
+            let _ = tx.send(change);
+        }
     }
 }
 

@@ -8,9 +8,9 @@
 //! The logic lives in sans-IO cores: the connection protocol [`session::machine`], the
 //! identify limiter [`limits`], and the topic tables and session logs of
 //! `concord-router`. This crate is the tokio shell around them. Nodes form a cluster
-//! through gossip and agree on the ring ([`cluster`]); forwarding publishes to a guild's
-//! owner on another node is not built yet, so each node still fans out the events
-//! published to it.
+//! through gossip and agree on the ring ([`cluster`]); on a clustered node, guild events go
+//! through the guild's owner over peer links ([`peer`]) and reach every subscribed session
+//! on every node.
 //!
 //! ## Main types
 //! - [`node::start`] with [`node::Listeners`]: runs a node on sockets the caller bound;
@@ -25,8 +25,13 @@
 //!   buffer in one), shared between the hub and the connection.
 //!
 //! ## Flow of one event
-//! `POST /v1/guilds/{id}/events` or gRPC `Publish` -> [`hub::HubHandle::publish`] -> the
-//! hub sequences it and pushes the one shared event into each subscribed session's log
+//! Clustered, for a guild event: `POST /v1/guilds/{id}/events` or gRPC `Publish` ->
+//! [`peer::RouterHandle::publish`] -> forwarded to the owner, sequenced, replicated, one
+//! fan-out batch per subscribed node -> each node's router task hands it to its hub as
+//! [`hub::HubInput::DeliverSequenced`], in guild order -> as below.
+//!
+//! Standalone (and for user events): `POST /v1/guilds/{id}/events` or gRPC `Publish` ->
+//! [`hub::HubHandle::publish`] -> the hub sequences it and pushes the one shared event into each subscribed session's log
 //! -> each connection task wakes, writes its unwritten dispatches in one batch, and
 //! records publish-to-write latency.
 //!
@@ -40,6 +45,7 @@
 //! - [`limits`] — the identify rate limiter.
 //! - [`api`] — HTTP publish and the Discord REST shim; [`grpc`]: the gRPC publish service.
 //! - [`cluster`] — gossip membership (foca over authenticated UDP), node states, the ring.
+//! - [`peer`] — the cluster router task and the tonic peer links between nodes.
 //! - [`admin`] — metrics, health, readiness, `/cluster`, drain.
 //! - [`dict_cli`] — `concord dict corpus|train|bench`.
 //! - [`metrics`] — metric names and handles.
@@ -57,6 +63,7 @@ pub mod hub;
 pub mod limits;
 pub mod metrics;
 pub mod node;
+pub mod peer;
 pub mod session;
 pub mod wsframe;
 

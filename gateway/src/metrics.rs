@@ -171,3 +171,59 @@ fn known_event_type(t: &str) -> &'static str {
     ];
     KNOWN.iter().copied().find(|k| *k == t).unwrap_or("other")
 }
+
+/// Frames the cluster router queued for peers, by kind (`concord_peer_frames_total`).
+pub fn peer_frames(kind: &'static str, n: u64) {
+    counter!("concord_peer_frames_total", "kind" => kind).increment(n);
+}
+
+/// The other router counters, as deltas between two snapshots.
+pub fn peer_router_counters(
+    before: &concord_router::cluster::ClusterCounters,
+    now: &concord_router::cluster::ClusterCounters,
+) {
+    let pairs = [
+        (
+            "concord_peer_fanout_events_total",
+            before.fanout_events,
+            now.fanout_events,
+        ),
+        (
+            "concord_peer_duplicates_dropped_total",
+            before.duplicates_dropped,
+            now.duplicates_dropped,
+        ),
+        (
+            "concord_peer_gap_requests_total",
+            before.gap_requests,
+            now.gap_requests,
+        ),
+        (
+            "concord_peer_duplicate_forwards_total",
+            before.duplicate_forwards,
+            now.duplicate_forwards,
+        ),
+        (
+            "concord_peer_stray_events_total",
+            before.stray_events,
+            now.stray_events,
+        ),
+    ];
+    for (name, b, n) in pairs {
+        if n > b {
+            counter!(name).increment(n - b);
+        }
+    }
+    gauge!("concord_peer_max_batch_events").set(now.max_batch_events as f64);
+}
+
+/// Resyncs: guild events lost for this node (`concord_peer_resyncs_total`).
+pub fn peer_resync() {
+    counter!("concord_peer_resyncs_total").increment(1);
+}
+
+/// Peer link events: `up`, `down`, `full` (dropped: queue full), `closed`, `waiting_full`,
+/// `bad_frame`, `unauthenticated` (`concord_peer_link_events_total{event}`).
+pub fn peer_link_event(event: &'static str) {
+    counter!("concord_peer_link_events_total", "event" => event).increment(1);
+}

@@ -28,6 +28,9 @@ use crate::grpc::PublishService;
 use crate::hub::Hub;
 use crate::limits::IdentifyLimiter;
 use crate::metrics::{self, Metrics};
+use crate::peer::auth::PeerKey;
+use crate::peer::link::{self, PeerService};
+use crate::peer::{RouterHandle, RouterTask};
 use crate::session::Registry;
 
 /// The sockets a node serves.
@@ -41,6 +44,8 @@ pub struct Listeners {
     pub admin: TcpListener,
     /// Gossip (UDP); `None` for a standalone node.
     pub gossip: Option<UdpSocket>,
+    /// Peer links (tonic); bound only for a clustered node with `--peer-listen`.
+    pub peer: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -61,6 +66,10 @@ impl Listeners {
                 })?),
                 None => None,
             },
+            peer: match (config.gossip_listen, config.peer_listen) {
+                (Some(_), Some(addr)) => Some(bind(addr, "peer listener").await?),
+                _ => None,
+            },
         })
     }
 }
@@ -78,7 +87,10 @@ pub struct Node {
     pub public_url: String,
     /// The advertised gossip address, when clustered.
     pub gossip_addr: Option<SocketAddr>,
+    /// The bound peer-link address, when clustered with a peer listener.
+    pub peer_addr: Option<SocketAddr>,
     cluster: tokio::sync::watch::Receiver<Arc<ClusterView>>,
+    router: Option<RouterHandle>,
     drain: CancellationToken,
     done: JoinHandle<()>,
 }
@@ -99,6 +111,11 @@ impl Node {
         self.cluster.clone()
     }
 
+    /// The cluster router task, when clustered (for its counters).
+    pub fn cluster_router(&self) -> Option<RouterHandle> {
+        self.router.clone()
+    }
+
     /// Waits until the node has drained and stopped.
     pub async fn wait(self) {
         let _ = self.done.await;
@@ -113,6 +130,10 @@ pub async fn start(config: Config, listeners: Listeners) -> io::Result<Node> {
     let client_addr = listeners.client.local_addr()?;
     let api_addr = listeners.api.local_addr()?;
     let admin_addr = listeners.admin.local_addr()?;
+    let peer_addr = match &listeners.peer {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
     let public_url = config
         .public_url
         .clone()
@@ -148,7 +169,8 @@ pub async fn start(config: Config, listeners: Listeners) -> io::Result<Node> {
             client_url: public_url.clone(),
             api_url: public_api_url.clone(),
             admin_addr,
-            peer_addr: config.peer_advertise.or(config.peer_listen),
+            // The bound address, so a port-0 listener advertises its real port.
+            peer_addr: config.peer_advertise.or(peer_addr),
         },
         gossip,
         drain.clone(),
@@ -157,12 +179,55 @@ pub async fn start(config: Config, listeners: Listeners) -> io::Result<Node> {
     .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
     let cluster_view = cluster.view();
     let gossip_addr = cluster.gossip_addr();
-    let (hub, hub_task) = Hub::new(
+    let clustered = gossip_addr.is_some();
+    let mut hub = Hub::new(
         config.guild_log_events,
         config.session_queue,
         metrics.clone(),
-    )
-    .spawn();
+    );
+    let (subs_tx, subs_rx) = tokio::sync::mpsc::unbounded_channel();
+    if clustered {
+        hub = hub.with_subscriptions(subs_tx);
+    }
+    let (hub, hub_task) = hub.spawn();
+    // Clustered: guild publishes go through the owner, over peer links.
+    let mut peer_server = None;
+    let router = if clustered {
+        let me = cluster_view.borrow().node_id.clone();
+        let (router, _router_task) = RouterTask::new(me.clone(), hub.clone(), cluster_view.clone())
+            .spawn(subs_rx, stop.clone());
+        let key = PeerKey::new(
+            config
+                .cluster_secret
+                .as_deref()
+                .unwrap_or_default()
+                .as_bytes(),
+        );
+        tokio::spawn(link::dial_peers(
+            me,
+            key.clone(),
+            router.clone(),
+            cluster_view.clone(),
+            stop.clone(),
+        ));
+        match listeners.peer {
+            Some(listener) => {
+                let routes = tonic::service::Routes::new(PeerService::server(key, router.clone()))
+                    .into_axum_router();
+                peer_server = Some(tokio::spawn(
+                    axum::serve(listener, routes)
+                        .with_graceful_shutdown(stop.clone().cancelled_owned())
+                        .into_future(),
+                ));
+            }
+            None => tracing::warn!(
+                "clustered without --peer-listen: peers with smaller ids cannot link to this node"
+            ),
+        }
+        Some(router)
+    } else {
+        None
+    };
     let registry = Arc::new(Registry::default());
     let shared = Arc::new(Shared {
         config: config.clone(),
@@ -194,11 +259,16 @@ pub async fn start(config: Config, listeners: Listeners) -> io::Result<Node> {
         tokio::spawn(metrics::upkeep(p, stop.clone()));
     }
 
-    let grpc = tonic::service::Routes::new(PublishService::server(config.clone(), hub.clone()))
-        .into_axum_router();
+    let grpc = tonic::service::Routes::new(PublishService::server(
+        config.clone(),
+        hub.clone(),
+        router.clone(),
+    ))
+    .into_axum_router();
     let api_router = api::router(ApiState {
         config: config.clone(),
         hub,
+        router: router.clone(),
         public_url: public_url.clone(),
         dicts: dicts.clone(),
     })
@@ -241,6 +311,17 @@ pub async fn start(config: Config, listeners: Listeners) -> io::Result<Node> {
         let _ = reaper.await;
         let _ = api_server.await;
         let _ = admin_server.await;
+        if let Some(server) = peer_server {
+            // Links are long-lived streams a peer may hold open: give them a moment to
+            // close after the router stops, then cut them.
+            let abort = server.abort_handle();
+            if tokio::time::timeout(std::time::Duration::from_secs(1), server)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
         cluster.stopped().await;
         drop(shared);
         hub_task.abort();
@@ -253,7 +334,9 @@ pub async fn start(config: Config, listeners: Listeners) -> io::Result<Node> {
         admin_addr,
         public_url,
         gossip_addr,
+        peer_addr,
         cluster: cluster_view,
+        router,
         drain,
         done,
     })

@@ -12,6 +12,10 @@
 //!    membership does not change;
 //! 5. SIGTERM one: it leaves the ring at once (draining), then is marked down.
 //!
+//! A second test SIGKILLs a guild's owner while clients on the other two nodes are
+//! subscribed: every event acknowledged before the kill, and every one published after
+//! it, reaches every surviving session once and in order.
+//!
 //! Every process is killed when the test ends, pass or fail ([`NodeProc`]'s `Drop`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -22,6 +26,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::Client;
 use concord_gateway::cluster::{PacketKey, Timing};
 use rand::{Rng as _, SeedableRng as _};
 use serde_json::Value;
@@ -38,6 +45,7 @@ struct Ports {
     api: SocketAddr,
     admin: SocketAddr,
     gossip: SocketAddr,
+    peer: SocketAddr,
 }
 
 fn reserve_ports(n: usize) -> Vec<Ports> {
@@ -45,7 +53,7 @@ fn reserve_ports(n: usize) -> Vec<Ports> {
     let mut tcp = Vec::new();
     let mut udp = Vec::new();
     for _ in 0..n {
-        for _ in 0..3 {
+        for _ in 0..4 {
             tcp.push(TcpListener::bind("127.0.0.1:0").unwrap());
         }
         udp.push(UdpSocket::bind("127.0.0.1:0").unwrap());
@@ -53,10 +61,11 @@ fn reserve_ports(n: usize) -> Vec<Ports> {
     let addr = |l: &TcpListener| l.local_addr().unwrap();
     (0..n)
         .map(|i| Ports {
-            client: addr(&tcp[3 * i]),
-            api: addr(&tcp[3 * i + 1]),
-            admin: addr(&tcp[3 * i + 2]),
+            client: addr(&tcp[4 * i]),
+            api: addr(&tcp[4 * i + 1]),
+            admin: addr(&tcp[4 * i + 2]),
             gossip: udp[i].local_addr().unwrap(),
+            peer: addr(&tcp[4 * i + 3]),
         })
         .collect()
 }
@@ -89,6 +98,7 @@ impl NodeProc {
             .args(["--api-listen", &ports.api.to_string()])
             .args(["--admin-listen", &ports.admin.to_string()])
             .args(["--gossip-listen", &ports.gossip.to_string()])
+            .args(["--peer-listen", &ports.peer.to_string()])
             .args(["--cluster-secret", SECRET])
             .args(["--drain-grace", "1s"])
             .args(["--log", "info"])
@@ -585,5 +595,167 @@ async fn cluster_up_starts_agreeing_nodes_that_die_with_it() {
             "nodes outlived their cluster up parent"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Publishes over HTTP to a node in another process.
+async fn publish(http: &reqwest::Client, api: SocketAddr, guild: u64, t: &str, d: Value) {
+    let resp = http
+        .post(format!("http://{api}/v1/guilds/{guild}/events"))
+        .bearer_auth("p")
+        .json(&serde_json::json!({"t": t, "d": d}))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.text().await.unwrap_or_default();
+    assert_eq!(status, 202, "publish {t} to {api}: {body}");
+}
+
+/// Reads dispatches until `done` or `within` passes; false on timeout.
+async fn read_until(
+    client: &mut Client,
+    within: Duration,
+    mut done: impl FnMut(&Value) -> bool,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, client.dispatch()).await {
+            Ok(d) if done(&d) => return true,
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_owner_loses_no_acknowledged_event() {
+    let _serial = SERIAL.lock().await;
+    let ports = reserve_ports(3);
+    let seed = [ports[0].gossip];
+    let mut nodes = [
+        NodeProc::spawn("n1", ports[0], &[]),
+        NodeProc::spawn("n2", ports[1], &seed),
+        NodeProc::spawn("n3", ports[2], &seed),
+    ];
+    let admins: Vec<SocketAddr> = ports.iter().map(|p| p.admin).collect();
+    let admin = Admin::new();
+    admin
+        .wait_for("3 nodes agree", &admins, Duration::from_secs(20), |v| {
+            agree_on(v, &["n1", "n2", "n3"])
+        })
+        .await;
+
+    // A guild n3 owns (the ring is a pure function of the member set).
+    let ring = concord_gateway::cluster::view::build_ring(
+        ["n1", "n2", "n3"].map(concord_ring::NodeId::from),
+    )
+    .unwrap();
+    let guild = (1..10_000u64)
+        .find(|g| ring.owner_of_guild(*g).as_str() == "n3")
+        .unwrap();
+
+    // Two sessions on each of n1 and n2, members of that guild.
+    let mut clients = Vec::new();
+    for (n, p) in ports[..2].iter().enumerate() {
+        for k in 0..2u64 {
+            let uid = 100 + 10 * n as u64 + k;
+            let exp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+                + 3600;
+            let claims = concord_protocol::token::Claims {
+                uid,
+                name: format!("user{uid}"),
+                guilds: vec![guild],
+                exp,
+                bot: true,
+            };
+            let token = concord_protocol::token::mint(b"t", &claims);
+            let mut c = Client::connect_addr(p.client, "v=10&encoding=json").await;
+            c.identify(&token, &[guild]).await;
+            clients.push(c);
+        }
+    }
+    let http = reqwest::Client::new();
+    let apis = [ports[0].api, ports[1].api];
+
+    // Subscriptions reach the owner asynchronously: warm up until one marker reaches all.
+    let mut warm = false;
+    for round in 0..30u64 {
+        publish(
+            &http,
+            apis[0],
+            guild,
+            "WARMUP",
+            serde_json::json!({"round": round}),
+        )
+        .await;
+        let mut all = true;
+        for c in &mut clients {
+            all &= read_until(c, Duration::from_millis(500), |d| {
+                d["t"] == "WARMUP" && d["d"]["round"] == round
+            })
+            .await;
+        }
+        if all {
+            warm = true;
+            break;
+        }
+    }
+    assert!(warm, "subscriptions never reached the owner");
+
+    // Acknowledged before the kill: sequenced by n3 and replicated before the 202.
+    const EACH: u64 = 10;
+    for i in 0..EACH {
+        publish(
+            &http,
+            apis[i as usize % 2],
+            guild,
+            "A",
+            serde_json::json!({"i": i}),
+        )
+        .await;
+    }
+    nodes[2].child.kill().unwrap();
+    nodes[2].child.wait().unwrap();
+    // Published after the kill: held by the origin until the survivors' new ring names a
+    // new owner (the promoted replica), then acknowledged.
+    let killed_at = Instant::now();
+    for i in 0..EACH {
+        publish(
+            &http,
+            apis[i as usize % 2],
+            guild,
+            "B",
+            serde_json::json!({"i": i}),
+        )
+        .await;
+    }
+    eprintln!(
+        "SIGKILL of the owner -> {EACH} publishes acknowledged by the new owner in {} ms",
+        killed_at.elapsed().as_millis()
+    );
+    publish(&http, apis[0], guild, "END", serde_json::json!({})).await;
+
+    let want: Vec<(String, u64)> = ["A", "B"]
+        .iter()
+        .flat_map(|t| (0..EACH).map(move |i| ((*t).to_owned(), i)))
+        .collect();
+    for (k, c) in clients.iter_mut().enumerate() {
+        let mut got = Vec::new();
+        let ended = read_until(c, Duration::from_secs(20), |d| match d["t"].as_str() {
+            Some(t @ ("A" | "B")) => {
+                got.push((t.to_owned(), d["d"]["i"].as_u64().unwrap()));
+                false
+            }
+            Some("END") => true,
+            _ => false,
+        })
+        .await;
+        assert!(ended, "client {k} got no END: {got:?}");
+        assert_eq!(got, want, "client {k}: every event once, in guild order");
     }
 }

@@ -6,9 +6,9 @@
 //! ([`concord_ring`]) from the `active` members. The rest of the node reads an immutable
 //! [`ClusterView`] snapshot from a `tokio::sync::watch` channel.
 //!
-//! What it does not do (yet): forward publishes, replicate guild logs or run peer links.
-//! Those read [`ClusterView`] (owner and replicas of a guild, each member's advertised
-//! peer address) and are built on top.
+//! What it does not do: forward publishes, replicate guild logs or run peer links. Those
+//! live in [`crate::peer`], which follows [`ClusterView`] (the ring for guild placement,
+//! members marked down, each member's advertised peer address).
 //!
 //! ## How it works
 //! - **Identity** ([`NodeIdentity`]): node id, generation (Unix ms at start) and the

@@ -103,6 +103,11 @@ pub enum Received {
 
 impl Client {
     pub async fn connect(node: &Node, query: &str) -> Client {
+        Client::connect_addr(node.client_addr, query).await
+    }
+
+    /// Connects to a node's client listener by address (a node in another process).
+    pub async fn connect_addr(addr: std::net::SocketAddr, query: &str) -> Client {
         let mode = if query.contains("zlib-stream") {
             Compression::ZlibStream
         } else if query.contains("zstd-stream") {
@@ -110,7 +115,7 @@ impl Client {
         } else {
             Compression::None
         };
-        let url = format!("ws://{}/?{query}", node.client_addr);
+        let url = format!("ws://{addr}/?{query}");
         let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
         Client {
             ws,
