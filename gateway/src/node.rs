@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use concord_protocol::zstd_dict::{DictSet, Dictionary};
+use axum::serve::ListenerExt as _;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -215,7 +216,7 @@ pub async fn start(config: Config, listeners: Listeners) -> io::Result<Node> {
                 let routes = tonic::service::Routes::new(PeerService::server(key, router.clone()))
                     .into_axum_router();
                 peer_server = Some(tokio::spawn(
-                    axum::serve(listener, routes)
+                    axum::serve(listener.tap_io(no_delay), routes)
                         .with_graceful_shutdown(stop.clone().cancelled_owned())
                         .into_future(),
                 ));
@@ -274,7 +275,7 @@ pub async fn start(config: Config, listeners: Listeners) -> io::Result<Node> {
     })
     .merge(grpc);
     let api_server = tokio::spawn(
-        axum::serve(listeners.api, api_router)
+        axum::serve(listeners.api.tap_io(no_delay), api_router)
             .with_graceful_shutdown(stop.clone().cancelled_owned())
             .into_future(),
     );
@@ -340,6 +341,15 @@ pub async fn start(config: Config, listeners: Listeners) -> io::Result<Node> {
         drain,
         done,
     })
+}
+
+/// Turns Nagle's algorithm off on an accepted API or peer connection. HTTP/2 writes each
+/// frame (headers, data, trailers) separately; with Nagle on, a small frame waits for the
+/// ACK of the previous one, which the peer delays by up to 40 ms.
+fn no_delay(stream: &mut tokio::net::TcpStream) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!("cannot set TCP_NODELAY: {e}");
+    }
 }
 
 /// Retrains every `retrain` interval (when set), and retires dictionaries no session has
