@@ -39,5 +39,6 @@ for k in $(seq 0 $((n - 1))); do
   done
 done
 # These nodes do not form a cluster, so the load tester publishes every event to each
-# node's API (--api lists them all), and each node fans out to its own sessions.
-echo "--targets $(IFS=,; echo "${targets[*]}") --api $(IFS=,; echo "${apis[*]}") --metrics $(IFS=,; echo "${admins[*]}")"
+# node's API (--api lists them all, --publish-to each), and each node fans out to its own
+# sessions. Against a cluster, pass one or more --api URLs and leave --publish-to at any.
+echo "--targets $(IFS=,; echo "${targets[*]}") --api $(IFS=,; echo "${apis[*]}") --publish-to each --metrics $(IFS=,; echo "${admins[*]}")"

@@ -38,6 +38,11 @@ pub struct RunArgs {
     /// that do not form a cluster: every event is then published to each of them.
     #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:8081")]
     pub api: Vec<String>,
+    /// With several `--api` URLs: `any` publishes each event to one of them (a cluster
+    /// forwards it to the guild's owner; spread by guild), `each` to every one of them
+    /// (standalone nodes that do not form a cluster).
+    #[arg(long, default_value = "any")]
+    pub publish_to: String,
     /// The nodes' token secret (to mint client tokens).
     #[arg(
         long,
@@ -315,6 +320,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
         bail!("--targets needs at least one ws:// URL");
     }
     payloads(&args.payload, args.payload_bytes, args.seed)?;
+    if !matches!(args.publish_to.as_str(), "any" | "each") {
+        bail!(
+            "invalid --publish-to {:?}; use any (a cluster) or each (standalone nodes)",
+            args.publish_to
+        );
+    }
     let mut report = run_target(
         &args,
         Target::Concord {
@@ -337,6 +348,8 @@ enum Backend {
     Http {
         client: reqwest::Client,
         apis: Vec<String>,
+        /// Publish to every API (standalone nodes) rather than to one.
+        each: bool,
         secret: String,
     },
     Peer(peer::Publisher),
@@ -351,11 +364,19 @@ impl Backend {
             Backend::Http {
                 client,
                 apis,
+                each,
                 secret,
             } => {
-                // Every API in turn, so each node's copy of a guild stays in order.
-                let mut accepted = true;
-                for api in apis.iter() {
+                // `each`: every API in turn, so each node's copy of a guild stays in
+                // order. Otherwise one API per guild: any node accepts any guild.
+                let one = apis.get(guild as usize % apis.len().max(1));
+                let targets: Vec<&String> = if *each {
+                    apis.iter().collect()
+                } else {
+                    one.into_iter().collect()
+                };
+                let mut accepted = !targets.is_empty();
+                for api in targets {
                     let response = client
                         .post(format!("{api}/v1/guilds/{guild}/events"))
                         .bearer_auth(&*secret)
@@ -557,6 +578,7 @@ async fn publish(
             Target::Concord { .. } => Backend::Http {
                 client: http.clone(),
                 apis: args.api.clone(),
+                each: args.publish_to == "each",
                 secret: args.publish_secret.clone(),
             },
             Target::Peer { url } => Backend::Peer(
@@ -765,7 +787,7 @@ fn build_report(
         config: json!({
             "targets": targets, "connections": args.connections, "ramp": args.ramp,
             "guilds": args.guilds, "guild_size": args.guild_size, "publish_rate": args.publish_rate,
-            "duration": args.duration, "compress": args.compress, "payload_bytes": args.payload_bytes, "payload": args.payload, "payload_skip": args.payload_skip,
+            "duration": args.duration, "compress": args.compress, "payload_bytes": args.payload_bytes, "payload": args.payload, "payload_skip": args.payload_skip, "publish_to": args.publish_to,
             "seed": args.seed, "preset": args.preset,
             "workers": layout.workers, "sources": layout.sources,
         }),
