@@ -12,8 +12,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use concord_protocol::zstd_dict::{DictSet, Dictionary};
 use axum::serve::ListenerExt as _;
+use concord_protocol::zstd_dict::{DictSet, Dictionary};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
