@@ -110,6 +110,16 @@ pub fn encode(frame: PeerFrame) -> pb::PeerFrame {
             guild_id: guild.0,
             after_seq: after_seq.0,
         }),
+        PeerFrame::LogRequest { guild } => Kind::LogRequest(pb::LogRequest { guild_id: guild.0 }),
+        PeerFrame::LogTransfer {
+            guild,
+            events,
+            last_seq,
+        } => Kind::LogTransfer(pb::LogTransfer {
+            guild_id: guild.0,
+            events: events.into_iter().map(encode_event).collect(),
+            last_seq: last_seq.0,
+        }),
     };
     pb::PeerFrame { kind: Some(kind) }
 }
@@ -165,6 +175,14 @@ pub fn decode(frame: pb::PeerFrame) -> Result<PeerFrame, WireError> {
         Kind::Resync(r) => PeerFrame::Resync {
             guild: GuildId(r.guild_id),
             after_seq: GuildSeq(r.after_seq),
+        },
+        Kind::LogRequest(r) => PeerFrame::LogRequest {
+            guild: GuildId(r.guild_id),
+        },
+        Kind::LogTransfer(t) => PeerFrame::LogTransfer {
+            guild: GuildId(t.guild_id),
+            events: decode_events(t.events)?,
+            last_seq: GuildSeq(t.last_seq),
         },
     })
 }
@@ -294,6 +312,17 @@ mod tests {
                 guild: g,
                 after_seq: GuildSeq(5),
             },
+            PeerFrame::LogRequest { guild: g },
+            PeerFrame::LogTransfer {
+                guild: g,
+                events: vec![event(4), event(5)],
+                last_seq: GuildSeq(5),
+            },
+            PeerFrame::LogTransfer {
+                guild: g,
+                events: Vec::new(),
+                last_seq: GuildSeq(0),
+            },
         ];
         let decoded = decode_batch(encode_batch(frames.clone())).unwrap();
         assert_eq!(decoded, frames);
@@ -321,5 +350,13 @@ mod tests {
             })),
         };
         assert_eq!(decode(reject), Err(WireError::ErrorCode(99)));
+        let transfer = pb::PeerFrame {
+            kind: Some(Kind::LogTransfer(pb::LogTransfer {
+                guild_id: 7,
+                events: vec![pb::GuildEvent::default()],
+                last_seq: 1,
+            })),
+        };
+        assert_eq!(decode(transfer), Err(WireError::EmptyNodeId));
     }
 }

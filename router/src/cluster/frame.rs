@@ -107,6 +107,24 @@ pub enum PeerFrame {
         /// Where the subscriber's cursor now stands.
         after_seq: GuildSeq,
     },
+    /// New owner -> a member of the guild's previous placement (old owner, old
+    /// replica): send me what you hold of this guild's log. Sent by a node that became
+    /// the owner without holding the log, so it continues the sequence instead of
+    /// restarting it.
+    LogRequest {
+        /// The guild.
+        guild: GuildId,
+    },
+    /// Answer to a [`PeerFrame::LogRequest`]: the replicated events this node holds for
+    /// the guild (as owner, replica, or retired holder), oldest first, possibly none.
+    LogTransfer {
+        /// The guild.
+        guild: GuildId,
+        /// The events, in sequence order.
+        events: Vec<GuildEvent>,
+        /// The highest sequence this node knows was replicated (0 if it holds nothing).
+        last_seq: GuildSeq,
+    },
 }
 
 /// The kinds of [`PeerFrame`], for counters.
@@ -132,11 +150,15 @@ pub enum FrameKind {
     FanoutBatch,
     /// [`PeerFrame::Resync`].
     Resync,
+    /// [`PeerFrame::LogRequest`].
+    LogRequest,
+    /// [`PeerFrame::LogTransfer`].
+    LogTransfer,
 }
 
 impl FrameKind {
     /// How many kinds there are.
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 12;
 
     /// Every kind, in [`FrameKind::index`] order.
     pub const ALL: [FrameKind; FrameKind::COUNT] = [
@@ -150,6 +172,8 @@ impl FrameKind {
         FrameKind::Unsubscribe,
         FrameKind::FanoutBatch,
         FrameKind::Resync,
+        FrameKind::LogRequest,
+        FrameKind::LogTransfer,
     ];
 
     /// A dense index, for counter arrays.
@@ -170,6 +194,8 @@ impl FrameKind {
             FrameKind::Unsubscribe => "unsubscribe",
             FrameKind::FanoutBatch => "fanout_batch",
             FrameKind::Resync => "resync",
+            FrameKind::LogRequest => "log_request",
+            FrameKind::LogTransfer => "log_transfer",
         }
     }
 }
@@ -188,6 +214,8 @@ impl PeerFrame {
             PeerFrame::Unsubscribe { .. } => FrameKind::Unsubscribe,
             PeerFrame::FanoutBatch { .. } => FrameKind::FanoutBatch,
             PeerFrame::Resync { .. } => FrameKind::Resync,
+            PeerFrame::LogRequest { .. } => FrameKind::LogRequest,
+            PeerFrame::LogTransfer { .. } => FrameKind::LogTransfer,
         }
     }
 }

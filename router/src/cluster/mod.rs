@@ -59,16 +59,39 @@
 //! - Forwards survive owner changes: on a ring change, the origin sends each pending
 //!   publish to the new owner, and a node that relayed a forward on a ring that turned
 //!   out stale routes it again by the new ring.
+//! - The sequence survives an owner change that does not promote the replica (a ring
+//!   where another node comes first, or a graceful rebalance when a node joins): the
+//!   router remembers the placements before the last [`ClusterRouter::ring_changed`],
+//!   and a node that becomes owner of a guild without holding its log (found when the
+//!   ring changes, or lazily on the guild's first forward or subscribe) sends
+//!   [`PeerFrame::LogRequest`] to the guild's previous owner and replica (minus nodes
+//!   declared down by [`ClusterRouter::peer_down`]). Each answers
+//!   [`PeerFrame::LogTransfer`] with the replicated events it holds as owner, replica,
+//!   or as a holder retired by that last ring change (possibly none). Meanwhile
+//!   forwards for the guild are held (at most `max_unreplicated`, then
+//!   [`PublishError::Overloaded`]) and subscribes wait. Once every asked node answered
+//!   or was declared down, or after a few [`ClusterRouter::resend_stale`] ticks (each
+//!   of which asks again), the new owner continues after the highest replicated seq it
+//!   learned, keeps the newest contiguous run of transferred events as its log (and
+//!   rebuilds the dedupe map from it), replicates that log to its replica, serves the
+//!   waiting subscribers (a cursor it cannot serve gets [`Output::Resync`]) and
+//!   sequences the held forwards. Handoffs under way are capped by
+//!   [`ClusterConfig::max_handoffs`].
 //!
 //! ## What it does not do
 //! - No IO, no timers: it never retries on its own. A lost frame is repaired by the next
 //!   frame on the same link (gap detection), by the next ring change, or by
 //!   [`ClusterRouter::resend_stale`], which the shell calls on a timer (forwards still
 //!   pending one tick later are sent again). The shell decides when a peer is down.
-//! - No handoff of a log to a node that becomes owner without having been the replica
-//!   (a rebalance that does not promote the replica). Such an owner starts a fresh
-//!   sequence; subscribers ahead of it get [`Output::Resync`]. Streaming the old log to
-//!   the new owner is the graceful-handoff work.
+//! - The log handoff is exact only if the previous holders answer with everything that
+//!   was acknowledged. It falls back to a fresh (or shorter) sequence, with
+//!   [`Output::Resync`] for subscribers ahead of it, when: both previous holders are
+//!   gone; the ring changed twice before the guild was touched (only the last previous
+//!   placement is remembered); a holder did not answer within the resend ticks; more
+//!   than `max_handoffs` guilds are in handoff at once. And an old owner whose ring is
+//!   still stale keeps sequencing after it answered a log request: events it
+//!   acknowledges then are not in the new owner's log (the window closes when its ring
+//!   catches up).
 //! - No per-session work: it delivers each event once per node; sessions, intents and
 //!   `s` numbers belong to [`crate::TopicTable`] and [`crate::SessionLog`].
 //! - No encoding: [`PeerFrame`] is a Rust value; the peer transport maps it to protobuf.
@@ -172,6 +195,10 @@ pub struct ClusterConfig {
     /// How many nodes may relay one forward (stale rings can disagree on the owner for a
     /// moment); past it the publish is rejected so the publisher retries.
     pub max_forward_hops: u8,
+    /// Guilds whose log handoff (a new owner collecting the log from the previous
+    /// placement) may be under way at once; past it, a newly owned guild starts a fresh
+    /// sequence as if nobody held its log.
+    pub max_handoffs: usize,
 }
 
 impl Default for ClusterConfig {
@@ -182,6 +209,7 @@ impl Default for ClusterConfig {
             max_pending_publishes: 4096,
             max_out_of_order: 1024,
             max_forward_hops: 2,
+            max_handoffs: 4096,
         }
     }
 }

@@ -106,6 +106,14 @@ impl OwnedGuild {
         }
     }
 
+    /// The log kept after demotion, for the next owner's log request: the replicated
+    /// part only (the rest was never acknowledged).
+    fn retire(self) -> ReplicaLog {
+        let last = self.replicated;
+        let log = self.log.into_iter().filter(|e| e.seq <= last).collect();
+        ReplicaLog { log, last }
+    }
+
     /// The replicated events after `cursor`, and, if the log no longer reaches back to
     /// `cursor + 1`, the cursor the subscriber must resync to.
     fn events_after(&self, cursor: GuildSeq) -> (Option<GuildSeq>, Vec<GuildEvent>) {
@@ -140,6 +148,42 @@ struct ReplicaLog {
     log: VecDeque<GuildEvent>,
     last: GuildSeq,
 }
+
+/// A guild this node became owner of without holding its log: the previous placement's
+/// holders are asked for theirs, and inputs for the guild wait until they answered (or
+/// [`HANDOFF_TICKS`] resend ticks passed), so the sequence continues instead of
+/// restarting.
+#[derive(Debug, Default)]
+struct Handoff {
+    /// Previous holders asked that have not answered yet (nor been declared down).
+    waiting: BTreeSet<NodeId>,
+    /// [`ClusterRouter::resend_stale`] calls since it began.
+    ticks: u32,
+    /// Events learned so far, at most `log_capacity` (the newest are kept: they are the
+    /// ones subscribers still miss).
+    events: BTreeMap<GuildSeq, GuildEvent>,
+    /// The highest replicated sequence any holder reported.
+    last_seq: GuildSeq,
+    /// Forwards that arrived meanwhile, in arrival order, at most `max_unreplicated`.
+    held: VecDeque<HeldForward>,
+}
+
+/// A forward waiting for its guild's handoff to end.
+#[derive(Debug)]
+struct HeldForward {
+    origin: NodeId,
+    publish_id: PublishId,
+    event_type: Arc<str>,
+    body: Bytes,
+}
+
+/// Resend ticks after which a handoff proceeds with what it learned: a holder that was
+/// neither declared down nor answered by then is treated as gone.
+const HANDOFF_TICKS: u32 = 3;
+
+/// Nodes remembered as declared down (so a lazily started handoff does not wait for
+/// them); the oldest are forgotten past this.
+const MAX_DOWN: usize = 1024;
 
 /// This node's interest in a guild: its local sessions and its delivery cursor.
 #[derive(Debug)]
@@ -220,6 +264,16 @@ pub struct ClusterRouter<P> {
     me: NodeId,
     config: ClusterConfig,
     placements: P,
+    /// The placements before the last ring change: whom a new owner asks for a log.
+    previous: Option<P>,
+    /// Guilds this node owns but whose log it is still collecting, at most
+    /// `max_handoffs`.
+    handoffs: BTreeMap<GuildId, Handoff>,
+    /// Logs this node held (as owner or replica) before the last ring change and no
+    /// longer does, kept until the next one so a new owner can ask for them.
+    retired: BTreeMap<GuildId, ReplicaLog>,
+    /// Nodes declared down and not heard from since, at most [`MAX_DOWN`].
+    down: BTreeSet<NodeId>,
     /// Guilds this node owns.
     owned: BTreeMap<GuildId, OwnedGuild>,
     /// Guild logs this node replicates for their owners.
@@ -250,6 +304,10 @@ impl<P: Placements> ClusterRouter<P> {
             me,
             config,
             placements,
+            previous: None,
+            handoffs: BTreeMap::new(),
+            retired: BTreeMap::new(),
+            down: BTreeSet::new(),
             owned: BTreeMap::new(),
             replicas: BTreeMap::new(),
             peers: BTreeMap::new(),
@@ -345,6 +403,10 @@ impl<P: Placements> ClusterRouter<P> {
 
     /// A frame from peer `from`.
     pub fn peer_frame(&mut self, from: &NodeId, frame: PeerFrame) {
+        // A node we hear from is up again, whatever membership said before.
+        if !self.down.is_empty() {
+            self.down.remove(from);
+        }
         match frame {
             PeerFrame::Forward {
                 origin,
@@ -424,6 +486,12 @@ impl<P: Placements> ClusterRouter<P> {
                 }
             }
             PeerFrame::FanoutBatch { events } => self.on_batch(from, events),
+            PeerFrame::LogRequest { guild } => self.on_log_request(from, guild),
+            PeerFrame::LogTransfer {
+                guild,
+                events,
+                last_seq,
+            } => self.on_log_transfer(from, guild, events, last_seq),
         }
     }
 
@@ -465,9 +533,36 @@ impl<P: Placements> ClusterRouter<P> {
 
     /// The ring changed: take the new placements. Demotes and promotes guild owners,
     /// re-points replication, re-subscribes to moved guilds from the last delivered
-    /// sequence, and sends pending publishes to their new owners.
+    /// sequence, and sends pending publishes to their new owners. Guilds this node now
+    /// owns without their log start a log handoff from their previous placement (see
+    /// the module docs); the placements replaced here are kept for that, the last only.
     pub fn ring_changed(&mut self, placements: P) {
-        self.placements = placements;
+        // Only the last previous ring is kept: it names who held each guild's log.
+        self.previous = Some(std::mem::replace(&mut self.placements, placements));
+        // Logs we stop holding now are kept until the next ring change, for new owners'
+        // log requests; older retired logs are dropped (bounded by what we held).
+        let mut retired = BTreeMap::new();
+
+        // Handoffs of guilds we no longer own: the held forwards go where the new ring
+        // says (our own publishes are re-routed from `pending` below).
+        let handoffs: Vec<GuildId> = self.handoffs.keys().copied().collect();
+        for guild in handoffs {
+            let still_owner = self
+                .placements
+                .placement(guild)
+                .is_some_and(|p| p.owner == self.me);
+            if still_owner {
+                continue;
+            }
+            let Some(h) = self.handoffs.remove(&guild) else {
+                continue;
+            };
+            for f in h.held {
+                if f.origin != self.me {
+                    self.on_forward(f.origin, f.publish_id, guild, f.event_type, f.body, 1);
+                }
+            }
+        }
 
         // Owned guilds: demote, or follow a replica change.
         let owned: Vec<GuildId> = self.owned.keys().copied().collect();
@@ -479,7 +574,9 @@ impl<P: Placements> ClusterRouter<P> {
                 // Our own unacknowledged publishes are re-sent below; others' origins
                 // re-send theirs.
                 _ => {
-                    self.owned.remove(&guild);
+                    if let Some(owned) = self.owned.remove(&guild) {
+                        retired.insert(guild, owned.retire());
+                    }
                     self.dirty.remove(&guild);
                 }
             }
@@ -490,14 +587,18 @@ impl<P: Placements> ClusterRouter<P> {
         for guild in replicated {
             match self.placements.placement(guild) {
                 Some(p) if p.owner == self.me => {
-                    self.owned_entry(guild, &p);
+                    self.ensure_owned(guild, &p);
                 }
                 Some(p) if p.replica.as_ref() == Some(&self.me) => {}
                 _ => {
-                    self.replicas.remove(&guild);
+                    if let Some(log) = self.replicas.remove(&guild) {
+                        retired.insert(guild, log);
+                    }
                 }
             }
         }
+
+        self.retired = retired;
 
         // Peers that subscribed to us: serve those of guilds we now own.
         let peer_guilds: Vec<GuildId> = self.peers.keys().copied().collect();
@@ -571,13 +672,46 @@ impl<P: Placements> ClusterRouter<P> {
             !peers.is_empty()
         });
         self.to_replicate.remove(node);
+        if self.down.len() >= MAX_DOWN {
+            self.down.pop_first();
+        }
+        self.down.insert(node.clone());
+        // A dead holder will not answer: handoffs stop waiting for it.
+        let mut done = Vec::new();
+        for (guild, h) in &mut self.handoffs {
+            if h.waiting.remove(node) && h.waiting.is_empty() {
+                done.push(*guild);
+            }
+        }
+        for guild in done {
+            self.finish_handoff(guild);
+        }
     }
 
     /// Sends again every publish that was already pending at the previous call and still
     /// is. Call it on a timer (for example once a second): it repairs forwards lost with
     /// a broken link or relayed by a node whose ring was stale. A re-sent forward is
-    /// sequenced once (see the module docs).
+    /// sequenced once (see the module docs). It also asks log handoff holders that have
+    /// not answered again, and ends handoffs that waited too many ticks.
     pub fn resend_stale(&mut self) {
+        // Handoffs: ask again (the request or answer may have been lost with a link),
+        // and after HANDOFF_TICKS proceed with what arrived.
+        let mut expired = Vec::new();
+        for (guild, h) in &mut self.handoffs {
+            h.ticks += 1;
+            if h.ticks >= HANDOFF_TICKS {
+                expired.push(*guild);
+            } else {
+                for node in &h.waiting {
+                    self.fx
+                        .send(node.clone(), PeerFrame::LogRequest { guild: *guild });
+                }
+            }
+        }
+        for guild in expired {
+            self.finish_handoff(guild);
+        }
+
         let ids: Vec<PublishId> = self.pending.keys().copied().collect();
         for id in ids {
             let Some(p) = self.pending.get_mut(&id) else {
@@ -637,30 +771,182 @@ impl<P: Placements> ClusterRouter<P> {
 
     // --- owner side ---
 
-    /// The owned state of `guild`, made on first use: promoted from our replica log if
-    /// we hold one, else a fresh sequence.
-    fn owned_entry(&mut self, guild: GuildId, placement: &Placement) -> &mut OwnedGuild {
-        if !self.owned.contains_key(&guild) {
-            let owned = match self.replicas.remove(&guild) {
-                Some(log) => {
-                    let owned = OwnedGuild::promoted(log, placement.replica.clone());
-                    if let Some(r) = &owned.replica {
-                        self.to_replicate
-                            .entry(r.clone())
-                            .or_default()
-                            .extend(owned.log.iter().cloned());
-                    }
-                    self.dirty.insert(guild);
-                    owned
-                }
-                None => OwnedGuild::fresh(placement.replica.clone()),
-            };
-            self.owned.insert(guild, owned);
+    /// Makes the owned state of `guild` on first use: promoted from our replica log if
+    /// we hold one; else, if the previous ring placed the guild on other nodes, a log
+    /// handoff from them begins; else a fresh sequence. Returns whether the guild is
+    /// owned now (`false`: a handoff is under way, and the caller holds its input).
+    fn ensure_owned(&mut self, guild: GuildId, placement: &Placement) -> bool {
+        if self.owned.contains_key(&guild) {
+            self.replicas.remove(&guild);
+            return true;
         }
-        self.replicas.remove(&guild);
-        self.owned
-            .entry(guild)
-            .or_insert_with(|| OwnedGuild::fresh(placement.replica.clone()))
+        if self.handoffs.contains_key(&guild) {
+            return false;
+        }
+        if let Some(log) = self.replicas.remove(&guild) {
+            self.install(guild, OwnedGuild::promoted(log, placement.replica.clone()));
+            return true;
+        }
+        let holders = self.previous_holders(guild);
+        // Past `max_handoffs` a guild starts fresh, as if nobody held it: degraded
+        // (subscribers ahead resync) but live, and memory stays bounded.
+        if holders.is_empty() || self.handoffs.len() >= self.config.max_handoffs {
+            self.owned
+                .insert(guild, OwnedGuild::fresh(placement.replica.clone()));
+            return true;
+        }
+        for node in &holders {
+            self.fx.send(node.clone(), PeerFrame::LogRequest { guild });
+        }
+        self.handoffs.insert(
+            guild,
+            Handoff {
+                waiting: holders,
+                ..Handoff::default()
+            },
+        );
+        false
+    }
+
+    /// Installs a promoted or handed-off log as owned state: the replica gets the whole
+    /// log (so it can fill gaps if we die) and the guild is marked for fan-out.
+    fn install(&mut self, guild: GuildId, owned: OwnedGuild) {
+        if let Some(r) = &owned.replica {
+            self.to_replicate
+                .entry(r.clone())
+                .or_default()
+                .extend(owned.log.iter().cloned());
+        }
+        self.dirty.insert(guild);
+        self.owned.insert(guild, owned);
+    }
+
+    /// The nodes other than us, not declared down, that held `guild`'s log under the
+    /// previous ring (its owner and replica). Empty if we owned it then (whatever we had
+    /// is still ours) or there was no previous ring.
+    fn previous_holders(&self, guild: GuildId) -> BTreeSet<NodeId> {
+        let Some(prev) = self.previous.as_ref().and_then(|p| p.placement(guild)) else {
+            return BTreeSet::new();
+        };
+        if prev.owner == self.me {
+            return BTreeSet::new();
+        }
+        std::iter::once(prev.owner)
+            .chain(prev.replica)
+            .filter(|n| *n != self.me && !self.down.contains(n))
+            .collect()
+    }
+
+    /// A new owner asks for our copy of `guild`'s log: answer with whatever we hold,
+    /// replicated events only (unreplicated ones were never acknowledged, and their
+    /// origins send them again).
+    fn on_log_request(&mut self, from: &NodeId, guild: GuildId) {
+        let (events, last_seq) = if let Some(o) = self.owned.get(&guild) {
+            let events = o
+                .log
+                .iter()
+                .filter(|e| e.seq <= o.replicated)
+                .cloned()
+                .collect();
+            (events, o.replicated)
+        } else if let Some(r) = self.replicas.get(&guild).or(self.retired.get(&guild)) {
+            (r.log.iter().cloned().collect(), r.last)
+        } else {
+            (Vec::new(), GuildSeq(0))
+        };
+        self.fx.send(
+            from.clone(),
+            PeerFrame::LogTransfer {
+                guild,
+                events,
+                last_seq,
+            },
+        );
+    }
+
+    fn on_log_transfer(
+        &mut self,
+        from: &NodeId,
+        guild: GuildId,
+        events: Vec<GuildEvent>,
+        last_seq: GuildSeq,
+    ) {
+        let capacity = self.config.log_capacity;
+        let Some(h) = self.handoffs.get_mut(&guild) else {
+            return; // Late (the handoff ended) or unasked: nothing to do.
+        };
+        if !h.waiting.remove(from) {
+            return;
+        }
+        h.last_seq = h.last_seq.max(last_seq);
+        for e in events {
+            // Only what the holder vouches for as replicated, of this guild.
+            if e.guild == guild && e.seq <= last_seq {
+                h.events.insert(e.seq, e);
+            }
+        }
+        while h.events.len() > capacity {
+            h.events.pop_first();
+        }
+        if h.waiting.is_empty() {
+            self.finish_handoff(guild);
+        }
+    }
+
+    /// Ends `guild`'s handoff with what it learned: the sequence continues after the
+    /// highest replicated seq any holder reported, the log (and so the dedupe memory) is
+    /// the newest contiguous run of transferred events ending there, waiting subscribers
+    /// are served (a cursor it cannot serve gets a resync) and held forwards are
+    /// sequenced in arrival order.
+    fn finish_handoff(&mut self, guild: GuildId) {
+        let Some(h) = self.handoffs.remove(&guild) else {
+            return;
+        };
+        let Some(placement) = self.placements.placement(guild) else {
+            for f in h.held {
+                self.reject(f.origin, f.publish_id, guild, PublishError::NoRing);
+            }
+            return;
+        };
+        let mut log = VecDeque::new();
+        for (seq, e) in h.events.into_iter().rev() {
+            if log
+                .front()
+                .is_some_and(|f: &GuildEvent| f.seq.0 != seq.0 + 1)
+            {
+                break;
+            }
+            log.push_front(e);
+        }
+        if log.back().is_some_and(|e: &GuildEvent| e.seq != h.last_seq) {
+            // The events do not reach the reported end: a log with a hole would serve
+            // gap fills wrongly, so hold none (subscribers behind resync instead).
+            log.clear();
+        }
+        let last = h.last_seq;
+        self.install(
+            guild,
+            OwnedGuild::promoted(ReplicaLog { log, last }, placement.replica.clone()),
+        );
+        if let Some(sub) = self.subscriptions.get_mut(&guild)
+            && sub.owner.as_ref() == Some(&self.me)
+        {
+            sub.gap_request = None;
+        }
+        let nodes: Vec<NodeId> = self
+            .peers
+            .get(&guild)
+            .map(|p| p.keys().cloned().collect())
+            .unwrap_or_default();
+        for node in nodes {
+            self.serve_peer(guild, &node);
+        }
+        for f in h.held {
+            let origin = f.origin.clone();
+            if let Err(e) = self.sequence(guild, f.origin, f.publish_id, f.event_type, f.body) {
+                self.reject(origin, f.publish_id, guild, e);
+            }
+        }
     }
 
     /// Points replication of an owned guild at `replica`; a new replica gets the whole
@@ -700,7 +986,25 @@ impl<P: Placements> ClusterRouter<P> {
             .placement(guild)
             .ok_or(PublishError::NoRing)?;
         let max_unreplicated = self.config.max_unreplicated as u64;
-        let owned = self.owned_entry(guild, &placement);
+        if !self.ensure_owned(guild, &placement) {
+            // Handoff under way: hold it, bounded like unreplicated events.
+            let Some(h) = self.handoffs.get_mut(&guild) else {
+                return Err(PublishError::Overloaded);
+            };
+            if h.held.len() as u64 >= max_unreplicated {
+                return Err(PublishError::Overloaded);
+            }
+            h.held.push_back(HeldForward {
+                origin,
+                publish_id,
+                event_type,
+                body,
+            });
+            return Ok(());
+        }
+        let Some(owned) = self.owned.get_mut(&guild) else {
+            return Err(PublishError::Overloaded);
+        };
         if let Some(&seq) = owned.by_publish.get(&(origin.clone(), publish_id)) {
             let replicated = owned.replicated;
             self.fx.counters.duplicate_forwards += 1;
@@ -875,7 +1179,12 @@ impl<P: Placements> ClusterRouter<P> {
         let Some(cursor) = self.peers.get(&guild).and_then(|p| p.get(node)).copied() else {
             return;
         };
-        let owned = self.owned_entry(guild, &placement);
+        if !self.ensure_owned(guild, &placement) {
+            return; // Served when the handoff ends.
+        }
+        let Some(owned) = self.owned.get(&guild) else {
+            return;
+        };
         let replicated = owned.replicated;
         match cursor {
             None => self.fx.send(
@@ -949,10 +1258,17 @@ impl<P: Placements> ClusterRouter<P> {
             return;
         };
         if placement.owner == self.me {
-            let replicated = self.owned_entry(guild, &placement).replicated;
+            // During a handoff the cursor stays as it is; the flush after the handoff
+            // delivers from it (or resyncs).
+            let replicated = self
+                .ensure_owned(guild, &placement)
+                .then(|| self.owned.get(&guild).map(|o| o.replicated))
+                .flatten();
             if let Some(sub) = self.subscriptions.get_mut(&guild) {
                 sub.owner = Some(self.me.clone());
-                sub.last_delivered.get_or_insert(replicated);
+                if let Some(r) = replicated {
+                    sub.last_delivered.get_or_insert(r);
+                }
                 sub.gap_request = None;
             }
             // Delivers what we hold beyond the cursor at the next flush.

@@ -18,10 +18,14 @@ use super::*;
 /// Placement for tests: guild `g` prefers `n(g % N)`, then the next ones round the
 /// circle; the live ones in that order are owner then replica. So killing an owner
 /// promotes its replica, as it should under a ring that keeps preference lists stable.
+/// With `swap`, a guild whose first preference is not live gets the two next live
+/// nodes the other way round: the node that was NOT the replica becomes owner, as a
+/// real ring sometimes does, so the new owner needs a log handoff.
 #[derive(Clone, Debug)]
 struct TestRing {
     all: Vec<NodeId>,
     live: BTreeSet<NodeId>,
+    swap: bool,
 }
 
 impl Placements for TestRing {
@@ -32,10 +36,17 @@ impl Placements for TestRing {
             .map(|i| &self.all[(start + i) % n])
             .filter(|id| self.live.contains(*id));
         let owner = live.next()?.clone();
-        Some(Placement {
-            owner,
-            replica: live.next().cloned(),
-        })
+        let replica = live.next().cloned();
+        if self.swap
+            && !self.live.contains(&self.all[start])
+            && let Some(r) = replica.clone()
+        {
+            return Some(Placement {
+                owner: r,
+                replica: Some(owner),
+            });
+        }
+        Some(Placement { owner, replica })
     }
 }
 
@@ -100,6 +111,7 @@ impl Sim {
         let ring = TestRing {
             all: all.clone(),
             live: all.iter().cloned().collect(),
+            swap: false,
         };
         Sim {
             rng: Rng(seed),
@@ -441,8 +453,11 @@ fn exactly_once_everywhere(seed: u64, publishes: usize) {
 
 /// Scenario 3 on a seed: a node dies at a random point while publishes flow; survivors
 /// learn the new ring at random moments.
-fn acked_survive_a_crash(seed: u64, before: usize, after: usize, victim: usize) {
+/// With `swap`, the victim's guilds go to the node that was not their replica, which
+/// must fetch the log from the old replica.
+fn acked_survive_a_crash(seed: u64, before: usize, after: usize, victim: usize, swap: bool) {
     let mut sim = Sim::new(3, ClusterConfig::default(), seed);
+    sim.ring.swap = swap;
     let subscribed = everyone_subscribed(&mut sim);
     let publish_random = |sim: &mut Sim, live: &[usize]| {
         let node = live[sim.rng.below(live.len())];
@@ -600,6 +615,127 @@ fn acked_events_survive_the_owner_and_the_replica_continues_the_sequence() {
     assert_eq!(sim.delivered(2, g), (1..=15).collect::<Vec<_>>());
     sim.check(&subscribed);
     assert!(sim.records[&n(2)].resyncs.is_empty());
+}
+
+#[test]
+fn a_new_owner_that_was_not_the_replica_fetches_the_log_and_continues() {
+    let mut sim = Sim::new(3, ClusterConfig::default(), 11);
+    sim.ring.swap = true;
+    let g = 30; // owner n0, replica n1; after n0 dies: owner n2 (not the replica), replica n1
+    let subscribed = [(0, g), (1, g), (2, g)];
+    for (i, g) in subscribed {
+        sim.subscribe(i, g);
+    }
+    sim.run();
+    for i in 0..10 {
+        sim.publish(i % 3, g).unwrap();
+    }
+    sim.run();
+    assert_eq!(sim.acked().len(), 10);
+
+    // Three more: replicated to n1 and acknowledged, then n0 dies before fanning out.
+    for _ in 0..3 {
+        sim.publish(0, g).unwrap();
+    }
+    sim.flush(&n(0));
+    sim.deliver_all(0, 1);
+    sim.deliver_all(1, 0);
+    assert_eq!(sim.acked().len(), 13);
+    assert_eq!(sim.delivered(2, g).len(), 10, "not fanned out yet");
+    sim.kill(0);
+    assert_eq!(
+        sim.ring.placement(GuildId(g)).map(|p| p.owner),
+        Some(n(2)),
+        "the third node is promoted"
+    );
+    // n2 learns the ring first; publishes reaching it meanwhile wait for the handoff.
+    sim.update_ring(&n(2));
+    assert_eq!(
+        sim.router(2).owned_seq(GuildId(g)),
+        None,
+        "handoff under way"
+    );
+    let held = sim.publish(2, g).unwrap();
+    sim.run();
+
+    // n2 got seqs 11..=13 from n1's copy and continued the sequence after them.
+    // (n0 was asked too, before n2 heard it was down; the sim drops that frame.)
+    assert!(sim.frames(FrameKind::LogRequest).contains(&(n(2), n(1), 0)));
+    assert_eq!(sim.frames(FrameKind::LogTransfer), vec![(n(1), n(2), 0)]);
+    assert!(
+        sim.records[&n(2)]
+            .acked
+            .contains(&(held, GuildId(g), GuildSeq(14)))
+    );
+    assert_eq!(sim.delivered(1, g), (1..=14).collect::<Vec<_>>());
+    assert_eq!(sim.delivered(2, g), (1..=14).collect::<Vec<_>>());
+    sim.check(&subscribed);
+
+    // Publishing goes on after the last acknowledged seq, from either survivor.
+    sim.publish(1, g).unwrap();
+    sim.publish(2, g).unwrap();
+    sim.run();
+    assert_eq!(sim.router(2).owned_seq(GuildId(g)), Some(GuildSeq(16)));
+    assert_eq!(sim.delivered(1, g), (1..=16).collect::<Vec<_>>());
+    assert_eq!(sim.delivered(2, g), (1..=16).collect::<Vec<_>>());
+    sim.check(&subscribed);
+    for i in 1..3 {
+        assert!(sim.records[&n(i)].resyncs.is_empty(), "n{i} resynced");
+    }
+}
+
+#[test]
+fn a_joining_node_takes_over_a_busy_guild_without_gap_or_duplicate() {
+    let mut sim = Sim::new(4, ClusterConfig::default(), 12);
+    // n3 is not in the ring yet: guild 35 (prefers n3, n0, n1) lives on n0, replica n1.
+    sim.ring.live.remove(&n(3));
+    for i in 0..4 {
+        sim.update_ring(&n(i));
+    }
+    let g = 35;
+    let subscribed = [(0, g), (1, g), (2, g), (3, g)];
+    for (i, g) in subscribed {
+        sim.subscribe(i, g);
+    }
+    sim.run();
+    for i in 0..12 {
+        sim.publish(i % 4, g).unwrap();
+    }
+    sim.run();
+    assert_eq!(sim.router(0).owned_seq(GuildId(g)), Some(GuildSeq(12)));
+
+    // Busy: publishes in flight (some sequenced and replicated, some only forwarded)
+    // when n3 joins and becomes the owner, replica n0. Nobody dies.
+    for i in 0..8 {
+        sim.publish(i % 4, g).unwrap();
+    }
+    sim.steps(10);
+    sim.ring.live.insert(n(3));
+    for i in [3, 0, 1, 2] {
+        sim.update_ring(&n(i));
+    }
+    for i in 0..4 {
+        sim.publish(i, g).unwrap();
+    }
+    sim.run();
+
+    let total = 12 + 8 + 4;
+    assert_eq!(sim.acked().len(), total);
+    assert_eq!(
+        sim.router(3).owned_seq(GuildId(g)),
+        Some(GuildSeq(total as u64))
+    );
+    assert_eq!(sim.router(0).owned_seq(GuildId(g)), None);
+    for i in 0..4 {
+        assert_eq!(
+            sim.delivered(i, g),
+            (1..=total as u64).collect::<Vec<_>>(),
+            "n{i}"
+        );
+        assert!(sim.records[&n(i)].resyncs.is_empty(), "n{i} resynced");
+    }
+    sim.check(&subscribed);
+    assert!(!sim.frames(FrameKind::LogTransfer).is_empty());
 }
 
 #[test]
@@ -840,7 +976,8 @@ proptest! {
         before in 0usize..30,
         after in 0usize..20,
         victim in 0usize..3,
+        swap in any::<bool>(),
     ) {
-        acked_survive_a_crash(seed, before, after, victim);
+        acked_survive_a_crash(seed, before, after, victim, swap);
     }
 }
