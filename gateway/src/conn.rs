@@ -500,7 +500,7 @@ impl Connection {
         }
         let outcome = {
             let mut st = session.lock();
-            if st.ended {
+            if st.ended || st.invalidated {
                 Err(None)
             } else {
                 match st.log.rewind(resume.seq) {
@@ -739,9 +739,22 @@ impl Connection {
         Err(self.close(CloseCode::UnknownError).await)
     }
 
-    /// The attachment was cancelled: either the queue overflowed (close with 4000, stay
-    /// resumable) or another connection resumed the session (leave quietly).
+    /// The attachment was cancelled: the node lost events of one of the session's guilds
+    /// (op 9, the session ends, the client identifies again), the queue overflowed (close
+    /// with 4000, stay resumable) or another connection resumed the session (leave
+    /// quietly).
     async fn let_go(&mut self) -> Stop {
+        let invalidated = self.attached.as_ref().is_some_and(|a| {
+            let st = a.session.lock();
+            st.invalidated && st.epoch == a.epoch && !st.ended
+        });
+        if invalidated {
+            // Events of one of its guilds were lost for this node: no resume can replay
+            // them, so end the session and make the client identify again.
+            self.end_session().await;
+            let _ = self.invalid_session().await;
+            return self.close(CloseCode::UnknownError).await;
+        }
         let overflowed = self.attached.as_ref().is_some_and(|a| {
             let st = a.session.lock();
             st.overflowed && st.epoch == a.epoch && !st.ended

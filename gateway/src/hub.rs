@@ -85,6 +85,13 @@ pub enum HubInput {
         /// `d`, serialised JSON.
         body: Bytes,
     },
+    /// This node lost events of `guild` (the owner's log no longer reached back to what it
+    /// had delivered): invalidate every local session in it, so each gets op 9 and
+    /// identifies again instead of silently missing events.
+    InvalidateGuild {
+        /// The guild.
+        guild: GuildId,
+    },
     /// Store the guild object GUILD_CREATE carries.
     StoreGuild {
         /// The guild.
@@ -258,6 +265,16 @@ impl Hub {
             HubInput::StoreGuild { guild, object } => {
                 self.guild_objects.insert(guild, object);
             }
+            HubInput::InvalidateGuild { guild } => {
+                for session in self.table.subscribers(Topic::Guild(guild)) {
+                    let mut st = session.lock();
+                    st.invalidated = true;
+                    // The connection sees the cancel and sends op 9 (see `conn::let_go`).
+                    if let Some(attachment) = &st.attachment {
+                        attachment.cancel();
+                    }
+                }
+            }
         }
     }
 
@@ -365,6 +382,29 @@ mod tests {
         hub.publish(Topic::Guild(GuildId(5)), "CUSTOM", "{}".into(), now);
         assert_eq!(types(&all), ["GUILD_CREATE", "MESSAGE_CREATE", "CUSTOM"]);
         assert_eq!(types(&none), ["GUILD_CREATE", "CUSTOM"]);
+    }
+
+    #[test]
+    fn a_lost_guild_invalidates_only_its_sessions() {
+        let now = Instant::now();
+        let mut hub = Hub::new(16, 100, Metrics::new());
+        let inside = session(1, 10, intents::ALL);
+        let outside = session(2, 11, intents::ALL);
+        for (s, g) in [(&inside, 5), (&outside, 6)] {
+            hub.handle(
+                HubInput::Join {
+                    session: s.clone(),
+                    guilds: vec![GuildId(g)],
+                },
+                now,
+            );
+        }
+        let attached = tokio_util::sync::CancellationToken::new();
+        inside.lock().attachment = Some(attached.clone());
+        hub.handle(HubInput::InvalidateGuild { guild: GuildId(5) }, now);
+        assert!(inside.lock().invalidated);
+        assert!(attached.is_cancelled(), "the connection is told to let go");
+        assert!(!outside.lock().invalidated);
     }
 
     #[test]

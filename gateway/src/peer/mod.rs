@@ -420,8 +420,19 @@ impl RouterTask {
                     }
                 }
                 Output::Resync { guild } => {
-                    tracing::warn!(%guild, "guild events were lost for this node (resync)");
+                    tracing::warn!(
+                        %guild,
+                        "guild events were lost for this node (resync); invalidating its sessions"
+                    );
                     crate::metrics::peer_resync();
+                    if self
+                        .hub
+                        .send(HubInput::InvalidateGuild { guild })
+                        .await
+                        .is_err()
+                    {
+                        tracing::debug!("hub stopped; cannot invalidate sessions");
+                    }
                 }
             }
         }

@@ -54,6 +54,9 @@ pub struct SessionState {
     pub overflowed: bool,
     /// Set once the session is over; a late resume must not revive it.
     pub ended: bool,
+    /// Set when the node lost events of one of this session's guilds (a cluster resync
+    /// past the owner's log): the session cannot be resumed and must identify again.
+    pub invalidated: bool,
 }
 
 /// A shared handle to a session; the hub subscribes these to topics.
@@ -100,6 +103,7 @@ impl Session {
                 attachment: None,
                 epoch: 0,
                 overflowed: false,
+                invalidated: false,
                 ended: false,
             }),
             wake: Notify::new(),
