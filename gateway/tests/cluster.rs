@@ -274,17 +274,23 @@ fn agree_on(views: &[Seen], ids: &[&str]) -> bool {
         })
 }
 
-#[tokio::test]
-async fn three_nodes_converge_survive_a_kill_rejoin_and_ignore_bad_gossip() {
-    let _serial = SERIAL.lock().await;
+/// Three nodes on fresh ports, n2 and n3 seeded with n1; with their admin addresses.
+fn spawn_three() -> (Vec<Ports>, [NodeProc; 3], Vec<SocketAddr>) {
     let ports = reserve_ports(3);
     let seed = [ports[0].gossip];
-    let mut nodes = [
+    let nodes = [
         NodeProc::spawn("n1", ports[0], &[]),
         NodeProc::spawn("n2", ports[1], &seed),
         NodeProc::spawn("n3", ports[2], &seed),
     ];
-    let admins: Vec<SocketAddr> = ports.iter().map(|p| p.admin).collect();
+    let admins = ports.iter().map(|p| p.admin).collect();
+    (ports, nodes, admins)
+}
+
+#[tokio::test]
+async fn three_nodes_converge_survive_a_kill_rejoin_and_ignore_bad_gossip() {
+    let _serial = SERIAL.lock().await;
+    let (ports, mut nodes, admins) = spawn_three();
     let admin = Admin::new();
 
     // 1. Formation.
@@ -329,7 +335,7 @@ async fn three_nodes_converge_survive_a_kill_rejoin_and_ignore_bad_gossip() {
     assert_ne!(views[0].ring_version, first_ring);
 
     // 3. Restart n3 with the same id and ports: a higher generation, the first ring again.
-    nodes[2] = NodeProc::spawn("n3", ports[2], &seed);
+    nodes[2] = NodeProc::spawn("n3", ports[2], &[ports[0].gossip]);
     let (took, views) = admin
         .wait_for("n3 rejoins", &admins, Duration::from_secs(20), |v| {
             agree_on(v, &["n1", "n2", "n3"])
@@ -632,14 +638,7 @@ async fn read_until(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_owner_loses_no_acknowledged_event() {
     let _serial = SERIAL.lock().await;
-    let ports = reserve_ports(3);
-    let seed = [ports[0].gossip];
-    let mut nodes = [
-        NodeProc::spawn("n1", ports[0], &[]),
-        NodeProc::spawn("n2", ports[1], &seed),
-        NodeProc::spawn("n3", ports[2], &seed),
-    ];
-    let admins: Vec<SocketAddr> = ports.iter().map(|p| p.admin).collect();
+    let (ports, mut nodes, admins) = spawn_three();
     let admin = Admin::new();
     admin
         .wait_for("3 nodes agree", &admins, Duration::from_secs(20), |v| {
