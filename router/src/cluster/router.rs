@@ -420,28 +420,12 @@ impl<P: Placements> ClusterRouter<P> {
                 publish_id,
                 guild,
                 seq,
-            } => {
-                if self.pending.remove(&publish_id).is_some() {
-                    self.fx.push(Output::AckPublisher {
-                        publish_id,
-                        guild,
-                        seq,
-                    });
-                }
-            }
+            } => self.settle(publish_id, guild, Ok(seq)),
             PeerFrame::ForwardReject {
                 publish_id,
                 guild,
                 error,
-            } => {
-                if self.pending.remove(&publish_id).is_some() {
-                    self.fx.push(Output::RejectPublisher {
-                        publish_id,
-                        guild,
-                        error,
-                    });
-                }
-            }
+            } => self.settle(publish_id, guild, Err(error)),
             PeerFrame::Replicate { events } => self.on_replicate(from, events),
             PeerFrame::ReplicateAck { acks } => {
                 for (guild, seq) in acks {
@@ -646,7 +630,7 @@ impl<P: Placements> ClusterRouter<P> {
                 let origin = r.origin.clone();
                 if let Err(e) = self.sequence(r.guild, r.origin, r.publish_id, r.event_type, r.body)
                 {
-                    self.reject(origin, r.publish_id, r.guild, e);
+                    self.answer(origin, r.publish_id, r.guild, Err(e));
                 }
             } else if p.owner != r.relayed_to {
                 self.fx.send(
@@ -904,7 +888,7 @@ impl<P: Placements> ClusterRouter<P> {
         };
         let Some(placement) = self.placements.placement(guild) else {
             for f in h.held {
-                self.reject(f.origin, f.publish_id, guild, PublishError::NoRing);
+                self.answer(f.origin, f.publish_id, guild, Err(PublishError::NoRing));
             }
             return;
         };
@@ -944,7 +928,7 @@ impl<P: Placements> ClusterRouter<P> {
         for f in h.held {
             let origin = f.origin.clone();
             if let Err(e) = self.sequence(guild, f.origin, f.publish_id, f.event_type, f.body) {
-                self.reject(origin, f.publish_id, guild, e);
+                self.answer(origin, f.publish_id, guild, Err(e));
             }
         }
     }
@@ -1009,7 +993,7 @@ impl<P: Placements> ClusterRouter<P> {
             let replicated = owned.replicated;
             self.fx.counters.duplicate_forwards += 1;
             if seq <= replicated {
-                self.acknowledge(origin, publish_id, guild, seq);
+                self.answer(origin, publish_id, guild, Ok(seq));
             }
             // Otherwise it is already awaiting the replica and is acknowledged then.
             return Ok(());
@@ -1062,62 +1046,60 @@ impl<P: Placements> ClusterRouter<P> {
         owned.evict(capacity);
         self.dirty.insert(guild);
         for (seq, origin, publish_id) in done {
-            self.acknowledge(origin, publish_id, guild, seq);
+            self.answer(origin, publish_id, guild, Ok(seq));
         }
     }
 
-    fn acknowledge(
+    /// Tells the publisher of `publish_id` how it ended: this node's backend through an
+    /// [`Output`], another origin through a frame.
+    fn answer(
         &mut self,
         origin: NodeId,
         publish_id: PublishId,
         guild: GuildId,
-        seq: GuildSeq,
+        outcome: Result<GuildSeq, PublishError>,
     ) {
         if origin == self.me {
-            if self.pending.remove(&publish_id).is_some() {
-                self.fx.push(Output::AckPublisher {
-                    publish_id,
-                    guild,
-                    seq,
-                });
-            }
-        } else {
-            self.fx.send(
-                origin,
-                PeerFrame::ForwardAck {
-                    publish_id,
-                    guild,
-                    seq,
-                },
-            );
+            self.settle(publish_id, guild, outcome);
+            return;
         }
+        let frame = match outcome {
+            Ok(seq) => PeerFrame::ForwardAck {
+                publish_id,
+                guild,
+                seq,
+            },
+            Err(error) => PeerFrame::ForwardReject {
+                publish_id,
+                guild,
+                error,
+            },
+        };
+        self.fx.send(origin, frame);
     }
 
-    fn reject(
+    /// Ends one of this node's pending publishes (once: a late second answer is ignored).
+    fn settle(
         &mut self,
-        origin: NodeId,
         publish_id: PublishId,
         guild: GuildId,
-        error: PublishError,
+        outcome: Result<GuildSeq, PublishError>,
     ) {
-        if origin == self.me {
-            if self.pending.remove(&publish_id).is_some() {
-                self.fx.push(Output::RejectPublisher {
-                    publish_id,
-                    guild,
-                    error,
-                });
-            }
-        } else {
-            self.fx.send(
-                origin,
-                PeerFrame::ForwardReject {
-                    publish_id,
-                    guild,
-                    error,
-                },
-            );
+        if self.pending.remove(&publish_id).is_none() {
+            return;
         }
+        self.fx.push(match outcome {
+            Ok(seq) => Output::AckPublisher {
+                publish_id,
+                guild,
+                seq,
+            },
+            Err(error) => Output::RejectPublisher {
+                publish_id,
+                guild,
+                error,
+            },
+        });
     }
 
     fn on_forward(
@@ -1130,15 +1112,20 @@ impl<P: Placements> ClusterRouter<P> {
         hops: u8,
     ) {
         match self.placements.placement(guild) {
-            None => self.reject(origin, publish_id, guild, PublishError::NoRing),
+            None => self.answer(origin, publish_id, guild, Err(PublishError::NoRing)),
             Some(p) if p.owner == self.me => {
                 if let Err(e) = self.sequence(guild, origin.clone(), publish_id, event_type, body) {
-                    self.reject(origin, publish_id, guild, e);
+                    self.answer(origin, publish_id, guild, Err(e));
                 }
             }
             // Our ring names another owner: relay, a bounded number of times.
             Some(_) if hops >= self.config.max_forward_hops => {
-                self.reject(origin, publish_id, guild, PublishError::OwnerUnreachable);
+                self.answer(
+                    origin,
+                    publish_id,
+                    guild,
+                    Err(PublishError::OwnerUnreachable),
+                );
             }
             Some(p) => {
                 if self.relayed.len() >= self.config.max_pending_publishes {
@@ -1384,7 +1371,7 @@ impl<P: Placements> ClusterRouter<P> {
         if owner == self.me {
             let me = self.me.clone();
             if let Err(e) = self.sequence(guild, me.clone(), id, event_type, body) {
-                self.reject(me, id, guild, e);
+                self.answer(me, id, guild, Err(e));
             }
         } else {
             self.send_forward(owner, id, guild, event_type, body);
