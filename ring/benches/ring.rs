@@ -5,44 +5,18 @@
 //!
 //! `cargo bench -p concord-ring --bench ring`
 
-use std::hash::{Hash, Hasher};
+mod baseline;
+
 use std::hint::black_box;
 
+use baseline::{VNODES, VNode, hashring_of, members};
 use concord_ring::hash::splitmix64;
-use concord_ring::{Member, Ring, RingConfig};
+use concord_ring::{Ring, RingConfig};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use hashring::HashRing;
 
 const SIZES: [usize; 3] = [3, 100, 1000];
-const VNODES: u32 = 100;
 const LOOKUPS: usize = 4096;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct VNode {
-    node: usize,
-    replica: u32,
-}
-
-impl Hash for VNode {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        format!("node-{}", self.node).hash(state);
-        self.replica.hash(state);
-    }
-}
-
-fn members(ids: impl Iterator<Item = usize>) -> Vec<Member> {
-    ids.map(|i| Member::new(format!("node-{i}"))).collect()
-}
-
-fn hashring_of(nodes: impl Iterator<Item = usize>) -> HashRing<VNode> {
-    let mut ring = HashRing::new();
-    ring.batch_add(
-        nodes
-            .flat_map(|node| (0..VNODES).map(move |replica| VNode { node, replica }))
-            .collect(),
-    );
-    ring
-}
 
 fn keys() -> Vec<u64> {
     (0..LOOKUPS as u64)

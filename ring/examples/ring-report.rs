@@ -10,45 +10,19 @@
 //! trial. Replica movement (`copies_*`) counts copies to create over the whole preference list,
 //! relative to `R` times the ideal.
 
-use std::hash::{Hash, Hasher};
+#[path = "../benches/baseline/mod.rs"]
+mod baseline;
+
 use std::hint::black_box;
 use std::time::Instant;
 
+use baseline::{VNODES, VNode, hashring_of, members};
 use concord_ring::hash::splitmix64;
-use concord_ring::{Member, Ring, RingConfig};
+use concord_ring::{Ring, RingConfig};
 use hashring::HashRing;
 
 const TRIALS: usize = 8;
-const VNODES: u32 = 100;
 const KEYS: usize = 1_000_000;
-
-/// A virtual node for the hashring baseline: member index plus replica number.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct VNode {
-    node: usize,
-    replica: u32,
-}
-
-impl Hash for VNode {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        format!("node-{}", self.node).hash(state);
-        self.replica.hash(state);
-    }
-}
-
-fn hashring_of(nodes: impl Iterator<Item = usize>) -> HashRing<VNode> {
-    let mut ring = HashRing::new();
-    ring.batch_add(
-        nodes
-            .flat_map(|node| (0..VNODES).map(move |replica| VNode { node, replica }))
-            .collect(),
-    );
-    ring
-}
-
-fn members(ids: impl Iterator<Item = usize>) -> Vec<Member> {
-    ids.map(|i| Member::new(format!("node-{i}"))).collect()
-}
 
 fn arg(args: &[String], name: &str, default: u32) -> Result<u32, String> {
     match args.iter().position(|a| a == name) {
