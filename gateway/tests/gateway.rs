@@ -661,21 +661,13 @@ async fn zstd_dict_sends_every_session_the_same_compressed_body() {
     for uid in [1, 2] {
         let (mut ws, _) = tokio_tungstenite::connect_async(url.clone()).await.unwrap();
         let mut decoder = zstd_dict::Decoder::new(1 << 20);
-        let next = async |ws: &mut tokio_tungstenite::WebSocketStream<_>,
+        let next = async |ws: &mut common::Ws,
                           decoder: &mut zstd_dict::Decoder|
                -> (Vec<u8>, serde_json::Value) {
-            loop {
-                let msg = tokio::time::timeout(common::WAIT, ws.next())
-                    .await
-                    .unwrap()
-                    .unwrap()
-                    .unwrap();
-                if let Message::Binary(b) = msg {
-                    let mut out = Vec::new();
-                    decoder.decode(&b, &dicts, &mut out).unwrap();
-                    return (b.to_vec(), serde_json::from_slice(&out).unwrap());
-                }
-            }
+            let b = common::next_binary(ws).await;
+            let mut out = Vec::new();
+            decoder.decode(&b, &dicts, &mut out).unwrap();
+            (b.to_vec(), serde_json::from_slice(&out).unwrap())
         };
         let (_, hello) = next(&mut ws, &mut decoder).await;
         assert_eq!(hello["op"], 10);
@@ -715,16 +707,7 @@ async fn zstd_dict_sends_every_session_the_same_compressed_body() {
     for (ws, decoder) in &mut sessions {
         let mut got = Vec::new();
         for n in 1..=3u64 {
-            let msg = loop {
-                let m = tokio::time::timeout(common::WAIT, ws.next())
-                    .await
-                    .unwrap()
-                    .unwrap()
-                    .unwrap();
-                if let Message::Binary(b) = m {
-                    break b;
-                }
-            };
+            let msg = common::next_binary(ws).await;
             let mut out = Vec::new();
             let header = decoder.decode(&msg, &dicts, &mut out).unwrap();
             let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
@@ -776,27 +759,18 @@ async fn zstd_dict_sends_every_session_the_same_compressed_body() {
 async fn retraining_rotates_dictionaries_without_breaking_sessions() {
     use concord_protocol::corpus::Corpus;
     use concord_protocol::zstd_dict::{self, DictId, DictSet, Dictionary};
-    use futures_util::{SinkExt, StreamExt};
+    use futures_util::SinkExt;
     use tokio_tungstenite::tungstenite::Message;
 
-    type Ws = tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >;
+    use common::Ws;
     /// The next binary frame, decoded with `dicts`.
     async fn next(ws: &mut Ws, dicts: &DictSet) -> serde_json::Value {
-        let mut decoder = zstd_dict::Decoder::new(1 << 20);
-        loop {
-            let msg = tokio::time::timeout(common::WAIT, ws.next())
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap();
-            if let Message::Binary(b) = msg {
-                let mut out = Vec::new();
-                decoder.decode(&b, dicts, &mut out).unwrap();
-                return serde_json::from_slice(&out).unwrap();
-            }
-        }
+        let b = common::next_binary(ws).await;
+        let mut out = Vec::new();
+        zstd_dict::Decoder::new(1 << 20)
+            .decode(&b, dicts, &mut out)
+            .unwrap();
+        serde_json::from_slice(&out).unwrap()
     }
     async fn join(
         node: &concord_gateway::Node,

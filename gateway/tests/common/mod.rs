@@ -85,7 +85,22 @@ impl Publisher {
     }
 }
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// The next binary message on `ws` (a zstd-dict frame), skipping any other kind; fails
+/// the test after [`WAIT`].
+pub async fn next_binary(ws: &mut Ws) -> tokio_tungstenite::tungstenite::Bytes {
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Message::Binary(b) = msg {
+            return b;
+        }
+    }
+}
 
 /// A raw gateway client that speaks the protocol by hand.
 pub struct Client {
