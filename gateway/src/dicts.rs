@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use concord_protocol::zstd_dict::{self, DictId, DictSet, Dictionary};
 
+use crate::session::lock;
+
 /// Bodies kept for retraining: about what trains in a second on one core.
 pub const SAMPLE_CAPACITY: usize = 20_000;
 /// Fewer sampled bodies than this make a dictionary worse than the shipped one.
@@ -50,10 +52,6 @@ pub struct DictStore {
 
 fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     m.read().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl DictStore {
