@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 
 use crate::client::{self, SessionPlan, Transport};
 use crate::peer::PeerUrl;
-use crate::stats::{Counters, Shared, Snapshot, Whole};
+use crate::stats::{Counters, Shared, Snapshot, Whole, lock};
 use crate::track::{LatencyRecorder, Totals};
 use concord_protocol::zstd_dict::DictSet;
 
@@ -297,10 +297,6 @@ struct WorkerProcess {
     child: tokio::process::Child,
     stdin: Option<tokio::process::ChildStdin>,
     reader: JoinHandle<()>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Fleet {

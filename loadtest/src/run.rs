@@ -26,7 +26,7 @@ use crate::client::{self, Transport};
 use crate::fleet::{Fleet, FleetPlan, GUILD_BASE, Phase, Target};
 use crate::peer::{self, PeerUrl};
 use crate::report::{self, Report};
-use crate::stats::{Counters, Shared};
+use crate::stats::{Counters, Shared, lock};
 
 /// `concord-loadtest run` options.
 #[derive(Args, Debug, Clone, Serialize, Deserialize)]
@@ -319,7 +319,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
     if args.targets.is_empty() {
         bail!("--targets needs at least one ws:// URL");
     }
-    payloads(&args.payload, args.payload_bytes, args.seed)?;
+    let payloads = Arc::new(payloads(&args.payload, args.payload_bytes, args.seed)?);
     if !matches!(args.publish_to.as_str(), "any" | "each") {
         bail!(
             "invalid --publish-to {:?}; use any (a cluster) or each (standalone nodes)",
@@ -331,13 +331,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
         Target::Concord {
             urls: args.targets.clone(),
         },
+        &payloads,
     )
     .await?;
     for p in peers {
         let mut peer_args = args.clone();
         peer_args.pids.clear();
         peer_args.metrics.clear();
-        let r = run_target(&peer_args, Target::Peer { url: p.to_string() }).await?;
+        let r = run_target(&peer_args, Target::Peer { url: p.to_string() }, &payloads).await?;
         report.peers.push(r);
     }
     Ok(report)
@@ -400,7 +401,11 @@ impl Backend {
 }
 
 /// One load against one target: a Concord cluster or one peer.
-async fn run_target(args: &RunArgs, target: Target) -> anyhow::Result<Report> {
+async fn run_target(
+    args: &RunArgs,
+    target: Target,
+    payloads: &Arc<Payloads>,
+) -> anyhow::Result<Report> {
     let ramp = parse_rate(&args.ramp)?;
     let rate = parse_rate_with(&args.publish_rate, true)?;
     let duration = parse_duration(&args.duration)?;
@@ -494,8 +499,8 @@ async fn run_target(args: &RunArgs, target: Target) -> anyhow::Result<Report> {
             &target,
             &weights,
             rate,
-            publish_start,
-            publish_end,
+            publish_start..publish_end,
+            payloads,
             &shared,
         )
         .await?
@@ -564,11 +569,10 @@ async fn publish(
     target: &Target,
     weights: &[f64],
     rate: f64,
-    start: Instant,
-    end: Instant,
+    window: std::ops::Range<Instant>,
+    payloads: &Arc<Payloads>,
     shared: &Arc<Shared>,
 ) -> anyhow::Result<HashMap<u64, u64>> {
-    let payloads = Arc::new(payloads(&args.payload, args.payload_bytes, args.seed)?);
     let cursor = Arc::new(std::sync::atomic::AtomicUsize::new(args.payload_skip));
     let http = reqwest::Client::new();
     let mut shard_txs = Vec::new();
@@ -628,8 +632,8 @@ async fn publish(
     let mut n: u64 = 0;
     loop {
         // n / rate, not n x (1 / rate): the rounded interval would fit one extra publish.
-        let at = start + Duration::from_secs_f64(n as f64 / rate);
-        if at >= end {
+        let at = window.start + Duration::from_secs_f64(n as f64 / rate);
+        if at >= window.end {
             break;
         }
         tokio::time::sleep_until(at.into()).await;
@@ -653,11 +657,10 @@ async fn publish(
 }
 
 /// The `d` objects events are built from (the `lt_*` marks are added per publish).
-pub fn payloads(
-    kind: &str,
-    filler_bytes: usize,
-    seed: u64,
-) -> anyhow::Result<Vec<serde_json::Map<String, serde_json::Value>>> {
+pub type Payloads = Vec<serde_json::Map<String, serde_json::Value>>;
+
+/// Builds the [`Payloads`] of `--payload` (once per run, shared by every target).
+pub fn payloads(kind: &str, filler_bytes: usize, seed: u64) -> anyhow::Result<Payloads> {
     match kind {
         "filler" => {
             let mut d = serde_json::Map::new();
@@ -677,10 +680,6 @@ pub fn payloads(
         }
         other => bail!("unknown --payload {other:?}; use filler or corpus"),
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// What a run measured, before it becomes a report.

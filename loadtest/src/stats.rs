@@ -58,7 +58,9 @@ fn shard() -> usize {
     SHARD.with(|s| *s)
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// Locks `m`, taking the data even if a panic poisoned it: every state guarded this way
+/// (counters, histograms, the timeline) stays usable between calls.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
