@@ -94,9 +94,16 @@ impl DictStore {
 
     /// Makes `dict` the newest: sessions that name no dictionary get it from now on.
     pub fn add(&self, dict: Dictionary) {
-        let mut set = (*self.current()).clone();
-        set.insert(dict);
-        *self.set.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(set);
+        self.update(|set| set.insert(dict));
+    }
+
+    /// Swaps in a changed copy of the set, under the write lock, so a retrain and a prune
+    /// running at once cannot undo each other.
+    fn update(&self, change: impl FnOnce(&mut DictSet)) {
+        let mut current = self.set.write().unwrap_or_else(PoisonError::into_inner);
+        let mut next = (**current).clone();
+        change(&mut next);
+        *current = Arc::new(next);
     }
 
     /// Trains a dictionary on the sample and makes it the newest. Blocking (about a
@@ -126,7 +133,7 @@ impl DictStore {
         let mut expired = Vec::new();
         for d in set.iter() {
             let id = d.id();
-            // The set's own copy plus the `d` borrowed here are the only holders.
+            // The set's own copy is one holder; any more is a connection.
             let held = d.holders() > 1;
             if self.pinned.contains(&id) || Some(id) == newest || held {
                 unused.remove(&id);
@@ -140,13 +147,15 @@ impl DictStore {
         if expired.is_empty() {
             return expired;
         }
-        let mut next = (*set).clone();
+        drop(set);
         for id in &expired {
-            next.remove(*id);
             unused.remove(id);
         }
-        drop(set);
-        *self.set.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
+        self.update(|set| {
+            for id in &expired {
+                set.remove(*id);
+            }
+        });
         expired
     }
 }
