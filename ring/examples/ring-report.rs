@@ -3,12 +3,18 @@
 //!
 //! `cargo run --release -p concord-ring --example ring-report -- --nodes N --partitions P`
 //!
-//! Members are `node-0 .. node-{N-1}`. Movement is averaged over `TRIALS` single changes: adding
-//! `node-N`, `node-{N+1}`, ... one at a time to the base set, and removing members spread over
-//! the id range one at a time. Ratios are relative to the ideal (`P/(N+1)` partitions on add,
-//! `P/N` on remove; for hashring, the fraction `1/(N+1)` of keys). `*_max` fields give the worst
-//! trial. Replica movement (`copies_*`) counts copies to create over the whole preference list,
-//! relative to `R` times the ideal.
+//! `--balance-factor PERCENT` (default 105) sets the ring's load cap (see
+//! `RingConfig::balance_factor_percent`).
+//!
+//! Members are `node-0 .. node-{N-1}`. Ring movement is averaged over `TRIALS` single changes
+//! each way: adding `node-N`, `node-{N+1}`, ... one at a time to the base set, and removing
+//! members spread evenly over the id range one at a time (every member when N <= `TRIALS`; the
+//! removed node's own load varies, 1-5 partitions at N = 1000, so few trials would be noisy).
+//! The baseline's movement uses `HASHRING_TRIALS` changes (each rehashes a million keys). Ratios
+//! are relative to the ideal (`P/(N+1)` partitions on add, `P/N` on remove; for hashring, the
+//! fraction `1/(N+1)` of keys). `*_max` fields give the worst trial. Replica movement
+//! (`copies_*`) counts copies to create over the whole preference list, relative to `R` times the
+//! ideal.
 
 #[path = "../benches/baseline/mod.rs"]
 mod baseline;
@@ -18,10 +24,11 @@ use std::time::Instant;
 
 use baseline::{VNODES, VNode, hashring_of, members};
 use concord_ring::hash::splitmix64;
-use concord_ring::{Ring, RingConfig};
+use concord_ring::{DEFAULT_BALANCE_FACTOR_PERCENT, Ring, RingConfig};
 use hashring::HashRing;
 
-const TRIALS: usize = 8;
+const TRIALS: usize = 32;
+const HASHRING_TRIALS: usize = 8;
 const KEYS: usize = 1_000_000;
 
 fn arg(args: &[String], name: &str, default: u32) -> Result<u32, String> {
@@ -58,6 +65,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = RingConfig {
         partitions,
         replication: 2,
+        balance_factor_percent: arg(&args, "--balance-factor", DEFAULT_BALANCE_FACTOR_PERCENT)?,
     };
     if n == 0 {
         return Err("--nodes must be at least 1".into());
@@ -132,7 +140,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let key_mean = KEYS as f64 / n as f64;
     let hashring_max_over_mean = *counts.iter().max().unwrap_or(&0) as f64 / key_mean;
     let mut hashring_add = Vec::new();
-    for t in 0..TRIALS {
+    for t in 0..HASHRING_TRIALS {
         let grown = hashring_of((0..n).chain([n + t]));
         let moved = keys
             .iter()
@@ -143,8 +151,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let mut hashring_remove = Vec::new();
     if n >= 2 {
-        for t in 0..TRIALS.min(n) {
-            let victim = t * n / TRIALS.min(n);
+        for t in 0..HASHRING_TRIALS.min(n) {
+            let victim = t * n / HASHRING_TRIALS.min(n);
             let shrunk = hashring_of((0..n).filter(|&i| i != victim));
             let moved = keys
                 .iter()
@@ -175,7 +183,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let has_remove = n >= 2;
     println!(
         concat!(
-            "{{\"nodes\":{},\"partitions\":{},\"replication\":2,",
+            "{{\"nodes\":{},\"partitions\":{},\"replication\":2,\"balance_factor_percent\":{},",
             "\"max_over_mean_load\":{:.4},\"min_over_mean_load\":{:.4},",
             "\"replica_max_over_mean_load\":{:.4},",
             "\"moved_on_add_ratio\":{:.4},\"moved_on_add_ratio_max\":{:.4},",
@@ -185,10 +193,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "\"hashring_vnodes_per_member\":{},\"hashring_keys\":{},",
             "\"hashring_lookup_ns\":{:.2},\"hashring_max_over_mean_load\":{:.4},",
             "\"hashring_moved_on_add_ratio\":{:.4},\"hashring_moved_on_add_ratio_max\":{:.4},",
-            "\"hashring_moved_on_remove_ratio\":{},\"trials\":{}}}"
+            "\"hashring_moved_on_remove_ratio\":{},\"trials\":{},\"hashring_trials\":{}}}"
         ),
         n,
         partitions,
+        config.balance_factor_percent,
         max_owned as f64 / mean,
         min_owned as f64 / mean,
         if ring.list_len() > 1 {
@@ -212,6 +221,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         hashring_add.max,
         opt(&hashring_remove, has_remove),
         TRIALS,
+        HASHRING_TRIALS,
     );
     Ok(())
 }

@@ -9,8 +9,10 @@
 //!    `E(r) = -ln(1 - (r + 0.5) / P)`, the exponential quantile of the rank (weighted rendezvous
 //!    on the rank). Ties are broken by larger `h`, then by node index. Smaller keys are better for
 //!    both sides: the partition prefers the node, and the node prefers the partition.
-//! 2. **Owners.** Every node gets a capacity `ceil(1.05 * P * w / W)`. Partitions and nodes are
-//!    matched by deferred acceptance (Gale-Shapley, partitions proposing in key order, each node
+//! 2. **Owners.** Every node gets a capacity of `floor(c)` or `ceil(c)`, where
+//!    `c = factor * P * w / W` is its share with the balance factor (default 1.05): see
+//!    [`capacities`] for who gets the extra unit and why caps are not simply all rounded up.
+//!    Partitions and nodes are matched by deferred acceptance (Gale-Shapley, partitions proposing in key order, each node
 //!    keeping its best `capacity` proposals). Because both sides rank by the same key, the stable
 //!    matching is unique: it equals the greedy that walks all pairs from the best key down and
 //!    takes a pair when the partition is free and the node has room. So the result does not
@@ -21,13 +23,11 @@
 //!    whose whole tier is full goes to its best node in that tier beyond capacity (the zone rule
 //!    wins over balance; this only happens with lopsided zones or tiny rings).
 
+use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
 use crate::hash::{hash_bytes, ln, splitmix64};
 use crate::member::Member;
-
-/// Capacity of a node per slot, in percent of its fair share: the 1.05 of the balance bound.
-pub(crate) const LOAD_SLACK_PERCENT: u128 = 105;
 
 /// Candidates a partition keeps sorted at a time; most partitions are placed by their first few.
 const CHUNK: usize = 4;
@@ -40,25 +40,79 @@ struct Key {
     node: u32,
 }
 
-/// The largest per-slot load allowed for each member: `ceil(1.05 * P * w / W)`.
-pub(crate) fn capacities(members: &[Member], partitions: u32) -> Vec<usize> {
+/// How fast the extra unit of capacity is withdrawn: every member whose exact share `c` has a
+/// fractional part of at least `1 / CAP_RAMP` may hold `ceil(c)`; below that, the number of
+/// members allowed `ceil(c)` falls linearly to zero as `c` approaches the integer below.
+const CAP_RAMP: u128 = 2;
+
+/// The per-slot load cap of each member. Its exact share is `c = factor / 100 * P * w / W`; the
+/// balance bound allows `ceil(c)`. Rounding every cap up gives the most room (the fewest full
+/// nodes, the shortest rejection chains), but as the member count grows `ceil(c)` drops by one
+/// for everybody at once: the join that takes it from 6 to 5 at N = 861 made every node holding
+/// 6 shed one and moved 78x the ideal. So each member gets `floor(c)`, plus one for the first
+/// `ceil(sum min(1, CAP_RAMP * frac(c)))` members in order of natural demand (partitions whose
+/// best key is theirs, highest first: they are the ones that would fill an extra unit), then of
+/// a hash of the node id. While `frac(c) >= 1 / CAP_RAMP` every member has `ceil(c)`; below
+/// that, members lose the extra unit a few per join, least demanding first, instead of all
+/// at once. The caps never exceed `ceil(c)` and add up to at least `sum c >= P`.
+pub(crate) fn capacities(
+    members: &[Member],
+    partitions: u32,
+    factor_percent: u32,
+    demand: &[u32],
+) -> Vec<usize> {
     let total: u128 = members.iter().map(|m| u128::from(m.weight())).sum();
-    members
+    let den = 100 * total.max(1);
+    let shares: Vec<(u128, u128)> = members
         .iter()
         .map(|m| {
-            let num = LOAD_SLACK_PERCENT * u128::from(partitions) * u128::from(m.weight());
-            // The cap never exceeds the partition count, so it fits in usize.
-            num.div_ceil(100 * total.max(1)) as usize
+            let num = u128::from(factor_percent) * u128::from(partitions) * u128::from(m.weight());
+            (num / den, num % den)
         })
+        .collect();
+    let boosted: u128 = shares
+        .iter()
+        .map(|&(_, rem)| (CAP_RAMP * rem).min(den))
+        .sum();
+    let mut extra = boosted.div_ceil(den);
+    let mut order: Vec<usize> = (0..members.len()).filter(|&i| shares[i].1 > 0).collect();
+    order.sort_by_key(|&i| (Reverse(demand[i]), cap_priority(&members[i]), i));
+    let mut caps: Vec<u128> = shares.iter().map(|&(whole, _)| whole).collect();
+    for i in order {
+        if extra == 0 {
+            break;
+        }
+        caps[i] += 1;
+        extra -= 1;
+    }
+    // Capped at the partition count (no node can hold more), so it fits in usize.
+    caps.into_iter()
+        .map(|c| c.min(u128::from(partitions)) as usize)
         .collect()
+}
+
+/// The order in which members receive the extra unit of capacity: a hash of the node id alone,
+/// so a member keeps its place whoever else joins or leaves.
+fn cap_priority(member: &Member) -> u64 {
+    splitmix64(hash_bytes(member.id().as_str().as_bytes()) ^ 0xca9a_c17e)
 }
 
 /// Builds the partition table: `partitions * list_len` member indices, row per partition,
 /// owner first. `members` must be sorted, non-empty, with weights >= 1; `list_len <= len`.
-pub(crate) fn assign(members: &[Member], partitions: u32, list_len: usize) -> Vec<u32> {
+pub(crate) fn assign(
+    members: &[Member],
+    partitions: u32,
+    list_len: usize,
+    factor_percent: u32,
+) -> Vec<u32> {
     let scores = Scores::new(members, partitions);
     let zones = ZoneGroups::new(members);
-    let caps = capacities(members, partitions);
+    let caps = capacities(
+        members,
+        partitions,
+        factor_percent,
+        &scores.natural_demand(),
+    );
     let p_count = partitions as usize;
     let mut table = vec![0u32; p_count * list_len];
     for slot in 0..list_len {
@@ -192,6 +246,27 @@ impl Scores {
             // Member counts fit in u32 (the table stores u32 indices).
             node: n as u32,
         }
+    }
+
+    /// How many partitions have each node as their best key: the owners rendezvous hashing on
+    /// the ranks would pick with no cap.
+    fn natural_demand(&self) -> Vec<u32> {
+        let mut demand = vec![0u32; self.nodes];
+        for p in 0..self.partitions as usize {
+            let best_top = self
+                .top_of(p)
+                .iter()
+                .map(|&(n, rank)| self.key_with_rank(p, n as usize, rank))
+                .min();
+            let best = match best_top {
+                Some(key) if key.primary < self.floor_primary => Some(key),
+                _ => (0..self.nodes).map(|n| self.key(p, n)).min(),
+            };
+            if let Some(key) = best {
+                demand[key.node as usize] += 1;
+            }
+        }
+        demand
     }
 
     /// The key of any pair: exact rank from the top table, else the estimate.
@@ -479,7 +554,7 @@ mod tests {
     /// free. Deferred acceptance must give exactly this.
     fn greedy(members: &[Member], partitions: u32) -> Vec<u32> {
         let scores = Scores::new(members, partitions);
-        let caps = capacities(members, partitions);
+        let caps = capacities(members, partitions, 105, &scores.natural_demand());
         let mut pairs = Vec::new();
         for p in 0..partitions as usize {
             for n in 0..members.len() {
@@ -503,14 +578,14 @@ mod tests {
     fn deferred_acceptance_equals_the_global_greedy() {
         for (n, p) in [(1, 64), (2, 64), (3, 100), (7, 512), (40, 256), (130, 512)] {
             let m = members(n);
-            assert_eq!(assign(&m, p, 1), greedy(&m, p), "n={n} p={p}");
+            assert_eq!(assign(&m, p, 1, 105), greedy(&m, p), "n={n} p={p}");
         }
         let weighted: Vec<Member> = members(9)
             .into_iter()
             .enumerate()
             .map(|(i, m)| m.with_weight(50 + 25 * i as u32))
             .collect();
-        assert_eq!(assign(&weighted, 300, 1), greedy(&weighted, 300));
+        assert_eq!(assign(&weighted, 300, 1, 105), greedy(&weighted, 300));
     }
 
     #[test]
@@ -535,9 +610,27 @@ mod tests {
     #[test]
     fn capacities_follow_the_bound() {
         let m = members(1000);
-        assert!(capacities(&m, 4096).iter().all(|&c| c == 5));
+        // 1.05 * 4096 / 1000 = 4.3008: the fraction 0.3008 is below 1/2, so 2 * 0.3008 of the
+        // members (602) may hold 5, the rest 4.
+        let flat = vec![0; 1000];
+        let caps = capacities(&m, 4096, 105, &flat);
+        assert_eq!(caps.iter().filter(|&&c| c == 5).count(), 602);
+        assert_eq!(caps.iter().filter(|&&c| c == 4).count(), 398);
+        // 1.2 * 4096 / 1000 = 4.9152: above the ramp, everybody may hold 5.
+        assert!(capacities(&m, 4096, 120, &flat).iter().all(|&c| c == 5));
+        // The most demanding members get the extra unit first.
+        let demand: Vec<u32> = (0..1000).collect();
+        let caps = capacities(&m, 4096, 105, &demand);
+        assert!(caps[398..].iter().all(|&c| c == 5) && caps[..398].iter().all(|&c| c == 4));
         let m = members(100);
-        assert!(capacities(&m, 4096).iter().all(|&c| c == 44));
-        assert_eq!(capacities(&members(1), 4096), vec![4301]);
+        // 43.008: 2 * 0.008 * 100 = 1.6, so two members may hold 44.
+        let caps = capacities(&m, 4096, 105, &flat[..100]);
+        assert_eq!(caps.iter().filter(|&&c| c == 44).count(), 2);
+        assert!(
+            capacities(&m, 4096, 100, &flat[..100])
+                .iter()
+                .all(|&c| c == 41)
+        );
+        assert_eq!(capacities(&members(1), 4096, 105, &[0]), vec![4096]);
     }
 }

@@ -38,6 +38,17 @@ pub enum RingError {
     /// an owner). Permanent; nothing built.
     #[error("the replication factor must be at least 1")]
     ZeroReplication,
+    /// The configuration's balance factor was outside the supported range. Permanent; nothing
+    /// built.
+    #[error("balance factor {requested}% is outside {min}%..={max}%")]
+    BalanceFactorOutOfRange {
+        /// The balance factor asked for, in percent.
+        requested: u32,
+        /// The smallest supported factor.
+        min: u32,
+        /// The largest supported factor.
+        max: u32,
+    },
     /// Two rings (or a ring and a table) with different partition counts were compared: partitions
     /// of different rings are then different key ranges, so no list of moves relates them.
     /// Permanent; nothing changed.

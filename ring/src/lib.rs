@@ -12,7 +12,7 @@
 //! - maps each partition to a preference list: an owner and `R - 1` replicas (default `R = 2`),
 //!   always distinct nodes, replicas outside the owner's [`Zone`] whenever such a node exists,
 //!   ownership in proportion to member weights, no node above `ceil(1.05 * P * w / W)`
-//!   partitions per list position;
+//!   partitions per list position (the 1.05 is configurable);
 //! - answers lookups in O(1) after the hash (one table read);
 //! - fingerprints a ring with a [`RingVersion`] (hash of [`FORMAT_VERSION`], configuration and
 //!   sorted members) so nodes compare rings cheaply;
@@ -56,11 +56,15 @@
 //!    by the weight). Ranking per node, rather than comparing raw hashes, gives every node exactly
 //!    one partition at each rank, which halves the variance of how many partitions prefer each
 //!    node (so fewer nodes hit their cap, see below).
-//! 2. Owners: each node may take `ceil(1.05 * P * w / W)` partitions. Partitions propose to nodes
-//!    in key order and nodes keep their best proposals (deferred acceptance). Both sides rank a
-//!    pair by the same key, so the stable matching is unique and independent of processing order:
-//!    it is exactly "walk all pairs from the best key down, take a pair when the partition is free
-//!    and the node has room".
+//! 2. Owners: each node may take `floor(c)` or `ceil(c)` partitions, `c = 1.05 * P * w / W`
+//!    (the factor is [`RingConfig::balance_factor_percent`]). Everybody gets `ceil(c)` while the
+//!    fractional part of `c` is at least 1/2; below that the extra unit is withdrawn a few members
+//!    per join, least-demanding first, so that no single join makes every node shed at once
+//!    (rounding every cap up made the join from 860 to 861 nodes move 78x the ideal). Partitions
+//!    propose to nodes in key order and nodes keep their best proposals (deferred acceptance).
+//!    Both sides rank a pair by the same key, so the stable matching is unique and independent of
+//!    processing order: it is exactly "walk all pairs from the best key down, take a pair when
+//!    the partition is free and the node has room".
 //! 3. Replicas: the same matching for each further position, with its own capacity, over nodes
 //!    not yet in the list, restricted to the best non-empty zone tier (a zone the list does not
 //!    use yet, else any zone but the owner's, else anyone).
@@ -79,18 +83,33 @@
 //! - *Bounded-load consistent hashing* with partitions taken in a fixed order fixes the balance
 //!   but cascades: measured 1.7-2.3x the ideal movement at N >= 100. The stable matching cascades
 //!   less (the unique matching changes only along rejection chains) and rank normalisation
-//!   shortens those chains further: 1.0-1.7x measured (see `BENCHMARKS.md`, "Ring").
+//!   shortens those chains further. Measured alternatives that did no better: raw-hash keys,
+//!   partition-side ranks, partition-proposing matching with other node preferences, a two-phase
+//!   "first choice, then overflow" matching, and joining nodes one at a time in hash order
+//!   (which cascades worst of all: 44x at N = 100).
 //!
-//! The issue's movement goal of 1.1x the ideal is not met for N >= 30: any ring that is a pure
-//! function of the member set and holds the 1.05 balance bound must re-balance when a node frees
-//! or loses capacity, and those re-balancing moves come on top of the new node's share. For large
-//! N the goal is also arithmetically out of reach: with N = 1000 and P = 4096 some node must own
-//! 5 partitions, and removing it moves 5 > 1.1 * 4.096.
+//! # Movement, and the issue's 1.1x goal
+//! Mean owner moves per single join or leave, over the ideal (`BENCHMARKS.md`, "Ring"):
+//! 1.0-1.06x up to N = 30, 1.3x for N = 31-100 and about 2x for N = 100-1000, the worst
+//! single change at about 6x. That misses the 1.1x goal beyond N = 30, for a reason no
+//! history-free ring escapes: a capped node that gains or loses a partition re-balances, and
+//! that move comes on top of the new node's share. How often that happens depends on how many
+//! nodes sit at their cap, and that depends on the headroom compared with the spread of the
+//! uncapped load. Uncapped (plain rendezvous on the ranks: the property tests check that then only
+//! the changed node's partitions move) the spread is about `0.4-0.55 * P/N` in variance, while
+//! the 1.05 bound leaves `0.05 * P/N` of room: 1.5 standard deviations at N = 10, a seventh of
+//! one at N = 1000. Loosening the cap is the trade-off: a balance factor of 120 brings N = 100 to
+//! 1.07x/1.03x (add/remove), 150 brings N = 1000 to 0.99x/1.02x, the same knob as Envoy's
+//! `hash_balance_factor` (whose documentation suggests 120-200). The published theory agrees:
+//! Aamand, Knudsen and Thorup (STOC 2021) bound the moves per bin change by O(C/f), with C the
+//! capacity and f the fraction of non-full bins, which is small when the headroom is small.
+//! At N = 1000 the per-change goal is also arithmetically out of reach: with P = 4096 some node
+//! must own 5 partitions, and removing it moves 5 > 1.1 * 4.096.
 //!
 //! # Cost
 //! Building is O(P * N) hashes (each node finds its best partitions) plus matching work over a
-//! sparse table of about `16 * P + 16 * N` candidate pairs: 1.6 ms for N = 3, 11 ms for N = 100
-//! and 24 ms for N = 1000 at P = 4096 (release, 2 shared cores; `BENCHMARKS.md`, "Ring"). The
+//! sparse table of about `16 * P + 16 * N` candidate pairs: 2.3 ms for N = 3, 12 ms for N = 100
+//! and 22 ms for N = 1000 at P = 4096 (release, 2 shared cores; `BENCHMARKS.md`, "Ring"). The
 //! finished ring holds `P * min(R, N)` `u32`s plus the members. Lookup: one hash, one multiply,
 //! one table read, 3.5 ns (N = 3, 100) to 6 ns (N = 1000, cache misses) against 37-170 ns for
 //! `hashring`.
@@ -100,7 +119,7 @@
 //! - `member`: [`NodeId`], [`Zone`], [`Member`].
 //! - `ring`: [`Ring`], [`RingConfig`], [`PartitionId`], [`RingVersion`], [`PreferenceList`],
 //!   [`NodeLoad`], [`FORMAT_VERSION`].
-//! - `assign`: rank-normalised keys and the bounded-load matching.
+//! - `assign`: rank-normalised keys, the capacities and the bounded-load matching.
 //! - `diff`: [`RingDiff`], [`PartitionMove`], [`PartitionTable`].
 //! - `error`: [`RingError`].
 
@@ -116,7 +135,8 @@ pub use diff::{PartitionMove, PartitionTable, RingDiff};
 pub use error::RingError;
 pub use member::{DEFAULT_WEIGHT, Member, NodeId, Zone};
 pub use ring::{
-    DEFAULT_PARTITIONS, DEFAULT_REPLICATION, FORMAT_VERSION, MAX_PARTITIONS, NodeLoad, PartitionId,
+    DEFAULT_BALANCE_FACTOR_PERCENT, DEFAULT_PARTITIONS, DEFAULT_REPLICATION, FORMAT_VERSION,
+    MAX_BALANCE_FACTOR_PERCENT, MAX_PARTITIONS, MIN_BALANCE_FACTOR_PERCENT, NodeLoad, PartitionId,
     PreferenceList, Ring, RingConfig, RingVersion,
 };
 
@@ -137,7 +157,7 @@ mod tests {
     fn a_known_ring_is_pinned() {
         // Known answers: if these change, rings changed; bump FORMAT_VERSION.
         let ring = Ring::build(RingConfig::default(), three()).unwrap();
-        assert_eq!(ring.version(), RingVersion(0xa586_81b1_b3ac_3e56));
+        assert_eq!(ring.version(), RingVersion(0x0ac7_ed19_0ea2_4506));
         assert_eq!(ring.table_digest(), 0x4522_2185_8ef4_f892);
         assert_eq!(
             ring.partition_for_guild(175_928_847_299_117_063),
@@ -164,6 +184,7 @@ mod tests {
             RingConfig {
                 partitions: 4096,
                 replication: 3,
+                ..RingConfig::default()
             },
             three(),
         )
@@ -172,7 +193,12 @@ mod tests {
         let fewer = Ring::build(RingConfig::default(), three().into_iter().take(2))
             .unwrap()
             .version();
-        let all = [base, zone, weight, params, fewer];
+        let looser = RingConfig {
+            balance_factor_percent: 125,
+            ..RingConfig::default()
+        };
+        let factor = Ring::build(looser, three()).unwrap().version();
+        let all = [base, zone, weight, params, fewer, factor];
         for (i, a) in all.iter().enumerate() {
             assert!(!all[i + 1..].contains(a));
         }
@@ -198,11 +224,13 @@ mod tests {
         let zero = RingConfig {
             partitions: 0,
             replication: 2,
+            ..RingConfig::default()
         };
         assert_eq!(build(zero, three()), RingError::ZeroPartitions);
         let huge = RingConfig {
             partitions: MAX_PARTITIONS + 1,
             replication: 2,
+            ..RingConfig::default()
         };
         assert!(matches!(
             build(huge, three()),
@@ -211,8 +239,23 @@ mod tests {
         let none = RingConfig {
             partitions: 16,
             replication: 0,
+            ..RingConfig::default()
         };
         assert_eq!(build(none, three()), RingError::ZeroReplication);
+        for factor in [0, 99, MAX_BALANCE_FACTOR_PERCENT + 1] {
+            let config = RingConfig {
+                balance_factor_percent: factor,
+                ..RingConfig::default()
+            };
+            assert_eq!(
+                build(config, three()),
+                RingError::BalanceFactorOutOfRange {
+                    requested: factor,
+                    min: MIN_BALANCE_FACTOR_PERCENT,
+                    max: MAX_BALANCE_FACTOR_PERCENT,
+                }
+            );
+        }
     }
 
     #[test]
@@ -220,6 +263,7 @@ mod tests {
         let small = RingConfig {
             partitions: 64,
             replication: 2,
+            ..RingConfig::default()
         };
         let a = Ring::build(small, three()).unwrap();
         let b = Ring::build(RingConfig::default(), three()).unwrap();

@@ -12,13 +12,23 @@ use crate::member::{Member, NodeId};
 /// (hash functions, key order, capacities, matching, tie-breaks) could place any partition
 /// differently for the same members and configuration, so that nodes running different formats
 /// see different versions instead of silently disagreeing.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// The default number of partitions.
 pub const DEFAULT_PARTITIONS: u32 = 4096;
 
 /// The default replication factor: an owner plus one replica.
 pub const DEFAULT_REPLICATION: u32 = 2;
+
+/// The default balance factor, in percent: no node holds more than `ceil(1.05 * P * w / W)`
+/// partitions per list position.
+pub const DEFAULT_BALANCE_FACTOR_PERCENT: u32 = 105;
+
+/// The smallest balance factor: 100% caps every node at exactly its fair share, rounded up.
+pub const MIN_BALANCE_FACTOR_PERCENT: u32 = 100;
+
+/// The largest balance factor accepted (100x the fair share: no cap binds).
+pub const MAX_BALANCE_FACTOR_PERCENT: u32 = 10_000;
 
 /// The largest supported partition count (ranks are stored as `u16`).
 pub const MAX_PARTITIONS: u32 = 1 << 16;
@@ -80,6 +90,15 @@ pub struct RingConfig {
     /// Preference list length: the owner plus `replication - 1` replicas, at least 1. Lists are
     /// shorter when there are fewer members.
     pub replication: u32,
+    /// The load cap, in percent of a node's fair share: no node holds more than
+    /// `ceil(balance_factor_percent / 100 * P * w / W)` partitions per list position,
+    /// `MIN_BALANCE_FACTOR_PERCENT..=MAX_BALANCE_FACTOR_PERCENT`. It trades balance for movement
+    /// (the same knob as Envoy's and HAProxy's `hash_balance_factor`): at the default 105 a single
+    /// join or leave moves 1.0-1.06x the ideal up to N = 30 and about 2x on average from N = 100
+    /// to 1000; 120 brings N = 100 to about 1.05x and 150 brings N = 1000 to about 1.0x
+    /// (`BENCHMARKS.md`, "Ring"). Every node of a cluster must use the same value; it is part of
+    /// the [`RingVersion`].
+    pub balance_factor_percent: u32,
 }
 
 impl Default for RingConfig {
@@ -87,6 +106,7 @@ impl Default for RingConfig {
         Self {
             partitions: DEFAULT_PARTITIONS,
             replication: DEFAULT_REPLICATION,
+            balance_factor_percent: DEFAULT_BALANCE_FACTOR_PERCENT,
         }
     }
 }
@@ -104,6 +124,14 @@ impl RingConfig {
         }
         if self.replication == 0 {
             return Err(RingError::ZeroReplication);
+        }
+        let factors = MIN_BALANCE_FACTOR_PERCENT..=MAX_BALANCE_FACTOR_PERCENT;
+        if !factors.contains(&self.balance_factor_percent) {
+            return Err(RingError::BalanceFactorOutOfRange {
+                requested: self.balance_factor_percent,
+                min: MIN_BALANCE_FACTOR_PERCENT,
+                max: MAX_BALANCE_FACTOR_PERCENT,
+            });
         }
         Ok(())
     }
@@ -140,7 +168,8 @@ impl Ring {
     /// # Errors
     /// [`RingError::NoMembers`], [`RingError::EmptyNodeId`], [`RingError::DuplicateNode`],
     /// [`RingError::ZeroWeight`], [`RingError::ZeroPartitions`],
-    /// [`RingError::TooManyPartitions`], [`RingError::ZeroReplication`].
+    /// [`RingError::TooManyPartitions`], [`RingError::ZeroReplication`],
+    /// [`RingError::BalanceFactorOutOfRange`].
     pub fn build(
         config: RingConfig,
         members: impl IntoIterator<Item = Member>,
@@ -165,7 +194,12 @@ impl Ring {
             }
         }
         let list_len = members.len().min(config.replication as usize);
-        let table = assign(&members, config.partitions, list_len);
+        let table = assign(
+            &members,
+            config.partitions,
+            list_len,
+            config.balance_factor_percent,
+        );
         let version = version_of(config, &members);
         Ok(Self {
             config,
@@ -419,6 +453,12 @@ fn version_of(config: RingConfig, members: &[Member]) -> RingVersion {
     bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     bytes.extend_from_slice(&config.partitions.to_le_bytes());
     bytes.extend_from_slice(&config.replication.to_le_bytes());
+    // Hashed only when it is not the default, so that rings built before the factor was
+    // configurable keep their versions.
+    if config.balance_factor_percent != DEFAULT_BALANCE_FACTOR_PERCENT {
+        bytes.push(b'b');
+        bytes.extend_from_slice(&config.balance_factor_percent.to_le_bytes());
+    }
     put(&mut bytes, members.len());
     for m in members {
         let id = m.id().as_str().as_bytes();

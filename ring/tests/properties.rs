@@ -7,19 +7,22 @@
 #![allow(clippy::unwrap_used)]
 
 use concord_ring::hash::splitmix64;
-use concord_ring::{Member, NodeId, PartitionId, Ring, RingConfig, Zone};
+use concord_ring::{
+    MAX_BALANCE_FACTOR_PERCENT, Member, NodeId, PartitionId, Ring, RingConfig, Zone,
+};
 use proptest::prelude::*;
 
 const P: u32 = 4096;
 
-/// Movement allowance this algorithm is held to, per changed node: owner moves at most
-/// `OWNER_MOVE_FACTOR * ideal + MOVE_SLACK`, copies to create at most `R` times
-/// `COPY_MOVE_FACTOR * ideal + MOVE_SLACK`. The issue asks for `1.1 * ideal`; this ring measures
-/// 1.0-1.1x up to N = 30 and up to 1.8x (owners) and 2.05x (copies) worst case at N = 100-500.
-/// BENCHMARKS.md ("Ring") explains why, and why 1.1x is out of reach at large N for any ring that
-/// meets the balance bound.
-const OWNER_MOVE_FACTOR: f64 = 2.25;
-const COPY_MOVE_FACTOR: f64 = 2.5;
+/// Movement allowance this algorithm is held to, per changed node, at every member count up to
+/// 1000: owner moves at most `OWNER_MOVE_FACTOR * ideal + MOVE_SLACK`, copies to create at most
+/// `R` times `COPY_MOVE_FACTOR * ideal + MOVE_SLACK`. The issue asks for `1.1 * ideal`; this ring
+/// measures a mean of 1.0-1.1x up to N = 30 and about 2x beyond, with the worst of 800 random
+/// changes at 5.9x (owners) and 8.6x (copies). What these bounds rule out is a cliff: with every
+/// cap rounded up, one join at N = 860 moved 78x the ideal. BENCHMARKS.md ("Ring") explains
+/// why 1.1x is out of reach at large N under the 1.05 balance bound.
+const OWNER_MOVE_FACTOR: f64 = 8.0;
+const COPY_MOVE_FACTOR: f64 = 12.0;
 const MOVE_SLACK: f64 = 6.0;
 
 /// Fixed so that CI is repeatable; set `CONCORD_PROPTEST_SEED` to explore other cases (a failure
@@ -55,6 +58,7 @@ fn config(partitions: u32, replication: u32) -> RingConfig {
     RingConfig {
         partitions,
         replication,
+        ..RingConfig::default()
     }
 }
 
@@ -105,6 +109,20 @@ fn check_movement(old: &Ring, new: &Ring) {
     );
 }
 
+/// The member counts where `ceil(1.05 * 4096 / N)` drops (11 -> 10 at 430 -> 431, 6 -> 5 at
+/// 860 -> 861): rounding every cap up made these single changes move 22x and 78x the ideal.
+#[test]
+fn caps_shrink_gradually_where_the_bound_steps_down() {
+    let named =
+        |n: usize| -> Vec<Member> { (0..n).map(|i| Member::new(format!("node-{i}"))).collect() };
+    for n in [430, 860] {
+        let before = Ring::build(config(P, 2), named(n)).unwrap();
+        let after = Ring::build(config(P, 2), named(n + 1)).unwrap();
+        check_balance(&after);
+        check_movement(&before, &after);
+    }
+}
+
 proptest! {
     #![proptest_config(proptest_config())]
 
@@ -147,8 +165,7 @@ proptest! {
     }
 
     #[test]
-    fn adding_a_node_moves_little(seed in any::<u64>(), pick in 0usize..SAMPLED_N.len()) {
-        let n = SAMPLED_N[pick];
+    fn adding_a_node_moves_little(seed in any::<u64>(), n in 1usize..=1000) {
         let base = members(seed, n);
         let old = Ring::build(config(P, 2), base.clone()).unwrap();
         let mut more = base;
@@ -161,10 +178,9 @@ proptest! {
     #[test]
     fn removing_a_node_moves_little(
         seed in any::<u64>(),
-        pick in 0usize..SAMPLED_N.len(),
+        n in 2usize..=1000,
         victim in any::<prop::sample::Index>(),
     ) {
-        let n = SAMPLED_N[pick].max(2);
         let base = members(seed, n);
         let old = Ring::build(config(P, 2), base.clone()).unwrap();
         let mut fewer = base;
@@ -172,6 +188,41 @@ proptest! {
         let new = Ring::build(config(P, 2), fewer).unwrap();
         check_balance(&new);
         check_movement(&old, &new);
+    }
+
+    /// The cap is the only source of extra movement: with a balance factor no node can reach,
+    /// the matching is plain rendezvous on the ranks, so a joiner takes partitions only for
+    /// itself and a leaver's partitions are the only ones that move.
+    #[test]
+    fn without_a_binding_cap_only_the_changed_node_moves(
+        seed in any::<u64>(),
+        pick in 0usize..SAMPLED_N.len(),
+        victim in any::<prop::sample::Index>(),
+    ) {
+        let n = SAMPLED_N[pick].max(2);
+        let uncapped = RingConfig {
+            balance_factor_percent: MAX_BALANCE_FACTOR_PERCENT,
+            ..config(P, 2)
+        };
+        let base = members(seed, n);
+        let ring = Ring::build(uncapped, base.clone()).unwrap();
+        let joiner = NodeId::from(format!("joiner-{seed:x}"));
+        let mut more = base.clone();
+        more.push(Member::new(joiner.as_str()));
+        let grown = Ring::build(uncapped, more).unwrap();
+        for m in &Ring::diff(&ring, &grown).unwrap().moves {
+            if m.from[0] != m.to[0] {
+                prop_assert_eq!(&m.to[0], &joiner, "{:?}", m);
+            }
+        }
+        let mut fewer = base;
+        let gone = fewer.remove(victim.index(n)).id().clone();
+        let shrunk = Ring::build(uncapped, fewer).unwrap();
+        for m in &Ring::diff(&ring, &shrunk).unwrap().moves {
+            if m.from[0] != m.to[0] {
+                prop_assert_eq!(&m.from[0], &gone, "{:?}", m);
+            }
+        }
     }
 
     #[test]
