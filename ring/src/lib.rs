@@ -202,6 +202,27 @@ mod tests {
         for (i, a) in all.iter().enumerate() {
             assert!(!all[i + 1..].contains(a));
         }
+        let fingerprints = [
+            RingConfig::default().fingerprint(),
+            looser.fingerprint(),
+            RingConfig {
+                replication: 3,
+                ..RingConfig::default()
+            }
+            .fingerprint(),
+            RingConfig {
+                partitions: 1024,
+                ..RingConfig::default()
+            }
+            .fingerprint(),
+        ];
+        for (i, a) in fingerprints.iter().enumerate() {
+            assert!(!fingerprints[i + 1..].contains(a));
+        }
+        assert_eq!(
+            RingConfig::default().fingerprint(),
+            RingConfig::default().fingerprint()
+        );
     }
 
     #[test]

@@ -112,6 +112,19 @@ impl Default for RingConfig {
 }
 
 impl RingConfig {
+    /// A hash of [`FORMAT_VERSION`] and every parameter: two nodes build the same ring from the
+    /// same members exactly when their fingerprints match, so a cluster can refuse members whose
+    /// configuration differs instead of disagreeing about owners.
+    #[must_use]
+    pub fn fingerprint(self) -> u64 {
+        let mut bytes = Vec::with_capacity(16);
+        bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        bytes.extend_from_slice(&self.partitions.to_le_bytes());
+        bytes.extend_from_slice(&self.replication.to_le_bytes());
+        bytes.extend_from_slice(&self.balance_factor_percent.to_le_bytes());
+        hash_bytes(&bytes)
+    }
+
     fn validate(self) -> Result<(), RingError> {
         if self.partitions == 0 {
             return Err(RingError::ZeroPartitions);
