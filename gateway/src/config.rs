@@ -9,6 +9,10 @@ use std::time::Duration;
 
 use clap::Args;
 use concord_protocol::codec::ZstdParams;
+use concord_ring::{
+    DEFAULT_BALANCE_FACTOR_PERCENT, MAX_BALANCE_FACTOR_PERCENT, MIN_BALANCE_FACTOR_PERCENT,
+    RingConfig,
+};
 use concord_router::ReplayLimits;
 use serde::Deserialize;
 
@@ -198,6 +202,13 @@ pub struct ServeArgs {
     /// How long a down member stays listed in /cluster [default: 10m].
     #[arg(long, env = "CONCORD_GOSSIP_DOWN_RETENTION")]
     pub gossip_down_retention: Option<HumanDuration>,
+    /// The ring's load cap in percent of a node's fair share: no node owns more than
+    /// ceil(PERCENT / 100 x partitions / nodes) partitions. Higher moves fewer partitions when a
+    /// node joins or leaves (BENCHMARKS.md, "Ring": 120-150 keeps a join near the ideal up to
+    /// 1000 nodes). Must be the same on every node: gossip from a node with another value is
+    /// refused [default: 105].
+    #[arg(long, env = "CONCORD_RING_BALANCE_FACTOR")]
+    pub ring_balance_factor: Option<u32>,
 }
 
 macro_rules! fill_from {
@@ -245,7 +256,7 @@ impl ServeArgs {
             max_event_bytes, log, dicts, public_api_url, dict_retrain, gossip_listen,
             gossip_advertise, peer_listen, peer_advertise, seeds, cluster_secret,
             gossip_probe_period, gossip_probe_rtt, gossip_suspect_timeout, gossip_interval,
-            gossip_down_retention);
+            gossip_down_retention, ring_balance_factor);
         Ok(self)
     }
 
@@ -357,7 +368,20 @@ impl ServeArgs {
             seeds,
             cluster_secret: self.cluster_secret,
             gossip_timing,
+            ring: RingConfig {
+                balance_factor_percent: self
+                    .ring_balance_factor
+                    .unwrap_or(DEFAULT_BALANCE_FACTOR_PERCENT),
+                ..RingConfig::default()
+            },
         };
+        let factors = MIN_BALANCE_FACTOR_PERCENT..=MAX_BALANCE_FACTOR_PERCENT;
+        if !factors.contains(&config.ring.balance_factor_percent) {
+            return Err(ConfigError::Invalid(format!(
+                "ring-balance-factor must be {MIN_BALANCE_FACTOR_PERCENT} to {MAX_BALANCE_FACTOR_PERCENT} (percent of a node's fair share), got {}",
+                config.ring.balance_factor_percent
+            )));
+        }
         if config.node_id.is_empty() || config.node_id.len() > MAX_NODE_ID_LEN {
             return Err(ConfigError::Invalid(format!(
                 "node-id must be 1 to {MAX_NODE_ID_LEN} bytes"
@@ -448,6 +472,8 @@ pub struct Config {
     pub cluster_secret: Option<String>,
     /// Gossip timing.
     pub gossip_timing: Timing,
+    /// How the ring is built; the same on every node of a cluster.
+    pub ring: RingConfig,
 }
 
 impl Config {

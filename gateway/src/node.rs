@@ -174,6 +174,7 @@ pub async fn start(config: Config, listeners: Listeners) -> io::Result<Node> {
             peer_addr: config.peer_advertise.or(peer_addr),
         },
         gossip,
+        config.ring,
         drain.clone(),
         stop.clone(),
     )

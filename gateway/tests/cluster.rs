@@ -80,6 +80,10 @@ struct NodeProc {
 
 impl NodeProc {
     fn spawn(id: &str, ports: Ports, seeds: &[SocketAddr]) -> NodeProc {
+        NodeProc::spawn_with(id, ports, seeds, &[])
+    }
+
+    fn spawn_with(id: &str, ports: Ports, seeds: &[SocketAddr], extra: &[&str]) -> NodeProc {
         let log = std::env::temp_dir().join(format!(
             "concord-cluster-test-{}-{id}.log",
             std::process::id()
@@ -110,6 +114,7 @@ impl NodeProc {
         for seed in seeds {
             cmd.args(["--seed", &seed.to_string()]);
         }
+        cmd.args(extra);
         NodeProc {
             id: id.into(),
             child: cmd.spawn().unwrap(),
@@ -363,11 +368,12 @@ async fn three_nodes_converge_survive_a_kill_rejoin_and_ignore_bad_gossip() {
         let garbage: Vec<u8> = (0..len).map(|_| rng.random()).collect();
         sock.send_to(&garbage, target).unwrap();
     }
-    let wrong_mac = PacketKey::new(b"not the cluster secret").seal(b"a plausible payload");
-    let mut wrong_version = PacketKey::new(SECRET.as_bytes()).seal(b"a plausible payload");
+    let ring = concord_ring::RingConfig::default().fingerprint();
+    let wrong_mac = PacketKey::new(b"not the cluster secret", ring).seal(b"a plausible payload");
+    let mut wrong_version = PacketKey::new(SECRET.as_bytes(), ring).seal(b"a plausible payload");
     wrong_version[0] = 9;
     // Authentic (right secret) but not a foca message: foca refuses it.
-    let undecodable = PacketKey::new(SECRET.as_bytes()).seal(&[0xff; 64]);
+    let undecodable = PacketKey::new(SECRET.as_bytes(), ring).seal(&[0xff; 64]);
     for datagram in [
         &wrong_mac[..],
         &wrong_version[..],
@@ -437,6 +443,64 @@ async fn three_nodes_converge_survive_a_kill_rejoin_and_ignore_bad_gossip() {
     assert!(
         status.success(),
         "n2 drained and exited cleanly: {status:?}"
+    );
+}
+
+/// Two nodes with the same secret but different `--ring-balance-factor` would place guilds
+/// differently: the seed refuses the joiner's gossip (counted as `ring_config`), so neither
+/// ever lists the other and each keeps its own ring.
+#[tokio::test]
+async fn a_node_with_another_ring_configuration_is_refused() {
+    let ports = reserve_ports(2);
+    let _n1 = NodeProc::spawn("n1", ports[0], &[]);
+    let _n2 = NodeProc::spawn_with(
+        "n2",
+        ports[1],
+        &[ports[0].gossip],
+        &["--ring-balance-factor", "120"],
+    );
+    let admin = Admin::new();
+    let start = Instant::now();
+    // n2 announces itself to its seed every second until it has joined.
+    while admin
+        .dropped(ports[0].admin)
+        .await
+        .get("ring_config")
+        .copied()
+        .unwrap_or(0)
+        < 2
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "n1 never counted a ring_config drop: {:?}",
+            admin.dropped(ports[0].admin).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let n1 = admin.cluster(ports[0].admin).await.unwrap();
+    assert_eq!(n1.states.keys().collect::<Vec<_>>(), ["n1"], "{n1:?}");
+    assert_eq!(n1.ring_members, BTreeSet::from(["n1".to_owned()]));
+    let n2 = admin.cluster(ports[1].admin).await.unwrap();
+    assert_eq!(n2.states.keys().collect::<Vec<_>>(), ["n2"], "{n2:?}");
+    assert_eq!(n2.states["n2"], "joining");
+    let doc: Value =
+        serde_json::from_str(&admin.get(ports[1].admin, "/cluster").await.unwrap()).unwrap();
+    assert_eq!(doc["balance_factor_percent"], 120);
+}
+
+#[test]
+fn a_ring_balance_factor_out_of_range_is_refused_at_startup() {
+    let out = Command::new(env!("CARGO_BIN_EXE_concord"))
+        .args(["serve", "--ring-balance-factor", "99"])
+        .env("CONCORD_TOKEN_SECRET", "t")
+        .env("CONCORD_PUBLISH_SECRET", "p")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ring-balance-factor must be 100 to 10000"),
+        "{err}"
     );
 }
 
@@ -648,6 +712,7 @@ async fn a_killed_owner_loses_no_acknowledged_event() {
 
     // A guild n3 owns (the ring is a pure function of the member set).
     let ring = concord_gateway::cluster::view::build_ring(
+        concord_ring::RingConfig::default(),
         ["n1", "n2", "n3"].map(concord_ring::NodeId::from),
     )
     .unwrap();

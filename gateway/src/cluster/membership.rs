@@ -9,7 +9,7 @@ use std::num::{NonZeroU8, NonZeroUsize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use concord_ring::NodeId;
+use concord_ring::{NodeId, RingConfig};
 use foca::{AccumulatingRuntime, Foca, OwnedNotification, PeriodicParams, PostcardCodec, Timer};
 use rand_foca::SeedableRng;
 use rand_foca::rngs::SmallRng;
@@ -233,6 +233,8 @@ pub struct MembershipConfig {
     pub timing: Timing,
     /// Seed of foca's RNG (member choice); fixed in tests so runs replay exactly.
     pub rng_seed: u64,
+    /// How the ring is built from the active members.
+    pub ring: RingConfig,
 }
 
 /// The membership state machine of one node. See the module docs.
@@ -254,6 +256,7 @@ pub struct Membership {
     outbox: std::collections::VecDeque<Transmit>,
     view: Arc<ClusterView>,
     view_changed: bool,
+    ring_config: RingConfig,
     /// Set by [`Membership::leave`]: foca then reports us down, which is expected.
     leaving: bool,
 }
@@ -287,10 +290,10 @@ impl Membership {
         } else {
             NodeState::Joining
         };
-        let placeholder = Arc::new(ClusterView::standalone(MemberView::from_identity(
-            foca.identity(),
-            state,
-        )));
+        let placeholder = Arc::new(ClusterView::standalone(
+            MemberView::from_identity(foca.identity(), state),
+            config.ring,
+        ));
         let mut core = Membership {
             foca,
             runtime: AccumulatingRuntime::new(),
@@ -307,11 +310,17 @@ impl Membership {
             outbox: Default::default(),
             view: placeholder,
             view_changed: true,
+            ring_config: config.ring,
             leaving: false,
         };
         core.announce_state();
         core.rebuild_view();
         core
+    }
+
+    /// How this node builds its ring.
+    pub fn ring_config(&self) -> RingConfig {
+        self.ring_config
     }
 
     /// This node's current identity (its generation grows if foca renews it).
@@ -606,7 +615,7 @@ impl Membership {
         let ring = if same_ring {
             self.view.ring.clone()
         } else {
-            build_ring(active)
+            build_ring(self.ring_config, active)
         };
         let view = ClusterView {
             node_id: NodeId::from(me.node_id.as_str()),
@@ -614,6 +623,7 @@ impl Membership {
             state: self.state,
             members,
             ring,
+            ring_config: self.ring_config,
         };
         if view.members != self.view.members
             || view.generation != self.view.generation
@@ -679,8 +689,13 @@ mod tests {
                 seeds: seeds.iter().map(|s| addr(*s)).collect(),
                 timing: Timing::default(),
                 rng_seed: u64::from(i) * 1000 + generation,
+                ring: RingConfig::default(),
             };
-            let core = Membership::new(config, PacketKey::new(SECRET), self.now);
+            let core = Membership::new(
+                config,
+                PacketKey::new(SECRET, RingConfig::default().fingerprint()),
+                self.now,
+            );
             self.nodes.insert(addr(i), core);
         }
 
@@ -918,8 +933,10 @@ mod tests {
     fn bad_datagrams_change_nothing() {
         let mut sim = three();
         let before = sim.nodes[&addr(1)].view();
-        let other_key = PacketKey::new(b"another cluster");
-        let right_key = PacketKey::new(SECRET);
+        let ring = RingConfig::default().fingerprint();
+        let other_key = PacketKey::new(b"another cluster", ring);
+        let right_key = PacketKey::new(SECRET, ring);
+        let other_ring = PacketKey::new(SECRET, ring ^ 1);
         let now = sim.now;
         let core = sim.nodes.get_mut(&addr(1)).unwrap();
         let mut reasons = BTreeMap::new();
@@ -928,11 +945,13 @@ mod tests {
         for i in 0..2000u32 {
             let len = rng.random_range(0..300);
             let garbage: Vec<u8> = (0..len).map(|_| rng.random()).collect();
-            let datagram = match i % 4 {
+            let datagram = match i % 5 {
                 0 => garbage,
                 1 => other_key.seal(&garbage),
                 // Authentic but meaningless: foca must refuse it.
                 2 => right_key.seal(&garbage),
+                // Authentic, from a node that would build another ring.
+                3 => other_ring.seal(&garbage),
                 _ => [&[1u8][..], &garbage[..garbage.len().min(10)]].concat(),
             };
             let err = core.handle_datagram(&datagram, now).unwrap_err();
@@ -940,7 +959,7 @@ mod tests {
         }
         assert_eq!(
             reasons.keys().copied().collect::<Vec<_>>(),
-            ["decode", "mac", "short", "version"],
+            ["decode", "mac", "ring_config", "short", "version"],
             "{reasons:?}"
         );
         assert_eq!(core.view().ring_version(), before.ring_version());

@@ -80,7 +80,7 @@ pub mod view;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use concord_ring::{NodeId, RingVersion};
+use concord_ring::{NodeId, RingConfig, RingVersion};
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -170,6 +170,7 @@ pub fn start(
     node_id: &str,
     advertised: Advertised,
     gossip: Option<Gossip>,
+    ring: RingConfig,
     drain: CancellationToken,
     stop: CancellationToken,
 ) -> Result<Cluster, ClusterError> {
@@ -178,7 +179,9 @@ pub fn start(
     }
     let generation = generation_now();
     let Some(gossip) = gossip else {
-        return Ok(standalone(node_id, generation, advertised, drain, stop));
+        return Ok(standalone(
+            node_id, generation, advertised, ring, drain, stop,
+        ));
     };
     let advertise = match gossip.advertise {
         Some(a) => a,
@@ -201,10 +204,11 @@ pub fn start(
         seeds: gossip.seeds,
         timing: gossip.timing,
         rng_seed: rand::random(),
+        ring,
     };
     let core = Membership::new(
         config,
-        PacketKey::new(gossip.secret.as_bytes()),
+        PacketKey::new(gossip.secret.as_bytes(), ring.fingerprint()),
         tokio::time::Instant::now().into_std(),
     );
     tracing::info!(
@@ -236,6 +240,7 @@ fn standalone(
     node_id: &str,
     generation: u64,
     advertised: Advertised,
+    ring: RingConfig,
     drain: CancellationToken,
     stop: CancellationToken,
 ) -> Cluster {
@@ -249,8 +254,8 @@ fn standalone(
         admin_addr: advertised.admin_addr,
         peer_addr: advertised.peer_addr,
     };
-    let active = Arc::new(ClusterView::standalone(me(NodeState::Active)));
-    let draining = Arc::new(ClusterView::standalone(me(NodeState::Draining)));
+    let active = Arc::new(ClusterView::standalone(me(NodeState::Active), ring));
+    let draining = Arc::new(ClusterView::standalone(me(NodeState::Draining), ring));
     let (tx, rx) = watch::channel(active);
     let task = tokio::spawn(async move {
         tokio::select! {
@@ -278,6 +283,9 @@ async fn own(
     // its MAC or by foca's size limit instead of being silently truncated.
     let mut buf = vec![0u8; 65_536];
     let mut published = Published::default();
+    // A member with another ring configuration is an operator error worth a warning, but
+    // not one per datagram.
+    let mut warned_ring_config: Option<tokio::time::Instant> = None;
     loop {
         flush(&socket, &mut core).await;
         published.update(&view, &mut core);
@@ -288,7 +296,19 @@ async fn own(
                     let now = tokio::time::Instant::now().into_std();
                     if let Err(dropped) = core.handle_datagram(&buf[..n], now) {
                         crate::metrics::gossip_dropped(dropped.reason());
-                        tracing::debug!(%from, len = n, "dropped a gossip datagram: {dropped}");
+                        let quiet = warned_ring_config
+                            .is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(30));
+                        if dropped.reason() == "ring_config" && !quiet {
+                            warned_ring_config = Some(tokio::time::Instant::now());
+                            tracing::warn!(
+                                %from,
+                                "refused {dropped}: every node must run the same ring format \
+                                 and --ring-balance-factor (this node: {}%)",
+                                core.ring_config().balance_factor_percent
+                            );
+                        } else {
+                            tracing::debug!(%from, len = n, "dropped a gossip datagram: {dropped}");
+                        }
                     }
                 }
                 Err(e) => {

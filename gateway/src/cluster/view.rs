@@ -78,13 +78,15 @@ pub struct ClusterView {
     /// The ring of the active members; `None` while no member is active (a node still
     /// joining, or the last node draining).
     pub ring: Option<Arc<Ring>>,
+    /// How this node builds rings (the same on every member: gossip refuses others).
+    pub ring_config: RingConfig,
 }
 
 impl ClusterView {
     /// The view of a node without gossip: a cluster of one.
-    pub fn standalone(me: MemberView) -> ClusterView {
+    pub fn standalone(me: MemberView, config: RingConfig) -> ClusterView {
         let ring = if me.state == NodeState::Active {
-            build_ring(std::iter::once(me.node_id.clone()))
+            build_ring(config, std::iter::once(me.node_id.clone()))
         } else {
             None
         };
@@ -94,6 +96,7 @@ impl ClusterView {
             state: me.state,
             members: vec![me],
             ring,
+            ring_config: config,
         }
     }
 
@@ -146,25 +149,30 @@ impl ClusterView {
             "ring_members": ring
                 .map(|r| r.members().iter().map(|m| m.id().as_str()).collect::<Vec<_>>())
                 .unwrap_or_default(),
-            "partitions": ring.map_or(RingConfig::default().partitions, Ring::partition_count),
-            "replication": ring.map_or(RingConfig::default().replication, |r| r.config().replication),
+            "partitions": self.ring_config.partitions,
+            "replication": self.ring_config.replication,
+            "balance_factor_percent": self.ring_config.balance_factor_percent,
             "owned_partition_count": owned.len(),
             "owned_partitions": owned,
         })
     }
 }
 
-/// The ring of `active` ids, built with the default configuration. A pure function of the
-/// set, so every node that sees the same active members builds the same ring, whatever
-/// order gossip delivered them in. `None` for an empty set.
-pub fn build_ring(active: impl IntoIterator<Item = NodeId>) -> Option<Arc<Ring>> {
+/// The ring of `active` ids under `config`. A pure function of the set (and the
+/// configuration, which gossip makes sure is the same on every member), so every node that
+/// sees the same active members builds the same ring, whatever order gossip delivered them
+/// in. `None` for an empty set.
+pub fn build_ring(
+    config: RingConfig,
+    active: impl IntoIterator<Item = NodeId>,
+) -> Option<Arc<Ring>> {
     let mut ids: Vec<NodeId> = active.into_iter().collect();
     if ids.is_empty() {
         return None;
     }
     ids.sort();
     ids.dedup();
-    match Ring::build(RingConfig::default(), ids.into_iter().map(Member::new)) {
+    match Ring::build(config, ids.into_iter().map(Member::new)) {
         Ok(ring) => Some(Arc::new(ring)),
         Err(e) => {
             // Unreachable with deduplicated, non-empty ids; logged rather than panicking.
@@ -193,7 +201,7 @@ mod tests {
 
     #[test]
     fn a_standalone_node_owns_every_partition() {
-        let view = ClusterView::standalone(me(NodeState::Active));
+        let view = ClusterView::standalone(me(NodeState::Active), RingConfig::default());
         assert_eq!(view.owned_partitions().len(), 4096);
         assert!(view.owns_guild(175_928_847_299_117_063));
         assert_eq!(view.replicas_of_guild(1).unwrap().len(), 1);
@@ -203,7 +211,7 @@ mod tests {
         assert_eq!(doc["ring_members"], json!(["n1"]));
         assert!(doc["ring_version"].is_string());
 
-        let draining = ClusterView::standalone(me(NodeState::Draining));
+        let draining = ClusterView::standalone(me(NodeState::Draining), RingConfig::default());
         assert!(draining.ring.is_none());
         assert_eq!(draining.to_json()["ring_version"], Value::Null);
         assert_eq!(draining.to_json()["owned_partitions"], json!([]));
@@ -211,9 +219,10 @@ mod tests {
 
     #[test]
     fn rings_do_not_depend_on_order() {
-        let a = build_ring(["n1", "n2", "n3"].map(NodeId::from)).unwrap();
-        let b = build_ring(["n3", "n1", "n2", "n1"].map(NodeId::from)).unwrap();
+        let config = RingConfig::default();
+        let a = build_ring(config, ["n1", "n2", "n3"].map(NodeId::from)).unwrap();
+        let b = build_ring(config, ["n3", "n1", "n2", "n1"].map(NodeId::from)).unwrap();
         assert_eq!(a, b);
-        assert!(build_ring([]).is_none());
+        assert!(build_ring(config, []).is_none());
     }
 }
