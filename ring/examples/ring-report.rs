@@ -22,7 +22,7 @@ mod baseline;
 use std::hint::black_box;
 use std::time::Instant;
 
-use baseline::{VNODES, VNode, hashring_of, members};
+use baseline::{VNODES, VNode, arg, hashring_of, members};
 use concord_ring::hash::splitmix64;
 use concord_ring::{DEFAULT_BALANCE_FACTOR_PERCENT, Ring, RingConfig};
 use hashring::HashRing;
@@ -30,16 +30,6 @@ use hashring::HashRing;
 const TRIALS: usize = 32;
 const HASHRING_TRIALS: usize = 8;
 const KEYS: usize = 1_000_000;
-
-fn arg(args: &[String], name: &str, default: u32) -> Result<u32, String> {
-    match args.iter().position(|a| a == name) {
-        None => Ok(default),
-        Some(i) => args
-            .get(i + 1)
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| format!("{name} needs a positive integer")),
-    }
-}
 
 /// The member index owning `key` on the baseline ring (`usize::MAX` for an empty ring).
 fn owner(ring: &HashRing<VNode>, key: &u64) -> usize {

@@ -9,25 +9,15 @@
 //! where one join or leave moves far more than the ideal (rounding every cap up made N = 860 ->
 //! 861 move 78x the ideal).
 
-use concord_ring::{DEFAULT_BALANCE_FACTOR_PERCENT, Member, Ring, RingConfig};
+// Only the member naming and the flag parsing are used here, not the hashring baseline.
+#[allow(dead_code)]
+#[path = "../benches/baseline/mod.rs"]
+mod baseline;
+
+use baseline::{arg, members};
+use concord_ring::{DEFAULT_BALANCE_FACTOR_PERCENT, Ring, RingConfig};
 
 const TRIALS: usize = 4;
-
-fn arg(args: &[String], name: &str, default: u32) -> Result<u32, String> {
-    match args.iter().position(|a| a == name) {
-        None => Ok(default),
-        Some(i) => args
-            .get(i + 1)
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| format!("{name} needs a positive integer")),
-    }
-}
-
-fn members(ids: impl IntoIterator<Item = usize>) -> Vec<Member> {
-    ids.into_iter()
-        .map(|i| Member::new(format!("node-{i}")))
-        .collect()
-}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();

@@ -1,6 +1,7 @@
-//! The comparison baseline shared by `benches/ring.rs` and `examples/ring-report.rs`: the
-//! `hashring` crate (0.3) with `VNODES` virtual nodes per member, and members named
-//! `node-0 .. node-{N-1}`, so both measure the same rings on the same keys.
+//! What `benches/ring.rs`, `examples/ring-report.rs` and `examples/ring-scan.rs` share: the
+//! `hashring` crate (0.3) with `VNODES` virtual nodes per member as the comparison baseline,
+//! members named `node-0 .. node-{N-1}`, so all of them measure the same rings on the same
+//! keys, and the examples' flag parsing.
 
 use std::hash::{Hash, Hasher};
 
@@ -40,4 +41,19 @@ pub fn hashring_of(nodes: impl Iterator<Item = usize>) -> HashRing<VNode> {
             .collect(),
     );
     ring
+}
+
+/// The value of flag `name` in `args` (`--name 42`), or `default` when it is absent.
+///
+/// # Errors
+/// A message naming the flag when its value is missing or not a non-negative integer.
+#[allow(dead_code)] // the examples parse flags; the bench has none
+pub fn arg(args: &[String], name: &str, default: u32) -> Result<u32, String> {
+    match args.iter().position(|a| a == name) {
+        None => Ok(default),
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("{name} needs a non-negative integer")),
+    }
 }
