@@ -83,10 +83,11 @@
 //! - *Bounded-load consistent hashing* with partitions taken in a fixed order fixes the balance
 //!   but cascades: measured 1.7-2.3x the ideal movement at N >= 100. The stable matching cascades
 //!   less (the unique matching changes only along rejection chains) and rank normalisation
-//!   shortens those chains further. Measured alternatives that did no better: raw-hash keys,
-//!   partition-side ranks, partition-proposing matching with other node preferences, a two-phase
-//!   "first choice, then overflow" matching, and joining nodes one at a time in hash order
-//!   (which cascades worst of all: 44x at N = 100).
+//!   shortens those chains further. Measured alternatives that did no better
+//!   (`examples/ring-alternatives.rs`): raw-hash keys, partition-side ranks, partition-proposing
+//!   matching with other node preferences, a two-phase "first choice, then overflow" matching,
+//!   and joining nodes one at a time in hash order (which cascades worst of all: 39x at
+//!   N = 100).
 //!
 //! # Movement, and the 1.1x goal
 //! Mean owner moves per single join or leave, over the ideal (`BENCHMARKS.md`, "Ring"):
@@ -122,6 +123,9 @@
 //! - `assign`: rank-normalised keys, the capacities and the bounded-load matching.
 //! - `diff`: [`RingDiff`], [`PartitionMove`], [`PartitionTable`].
 //! - `error`: [`RingError`].
+//! - `examples/`: `ring-report` (the JSON report against `hashring`), `ring-scan`
+//!   (worst single-change movement over a range of member counts), `ring-alternatives` (the
+//!   schemes this one was measured against); `benches/ring.rs`: Criterion lookups and builds.
 
 pub mod hash;
 
