@@ -12,8 +12,8 @@
 //! 2. **Owners.** Every node gets a capacity of `floor(c)` or `ceil(c)`, where
 //!    `c = factor * P * w / W` is its share with the balance factor (default 1.05): see
 //!    [`capacities`] for who gets the extra unit and why caps are not simply all rounded up.
-//!    Partitions and nodes are matched by deferred acceptance (Gale-Shapley, partitions proposing in key order, each node
-//!    keeping its best `capacity` proposals). Because both sides rank by the same key, the stable
+//!    Partitions and nodes are matched by deferred acceptance (Gale-Shapley, partitions
+//!    proposing in key order, each node keeping its best `capacity` proposals). Because both sides rank by the same key, the stable
 //!    matching is unique: it equals the greedy that walks all pairs from the best key down and
 //!    takes a pair when the partition is free and the node has room. So the result does not
 //!    depend on the order of proposals.

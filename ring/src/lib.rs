@@ -112,8 +112,7 @@
 //! sparse table of about `16 * P + 16 * N` candidate pairs: 2.3 ms for N = 3, 12 ms for N = 100
 //! and 22 ms for N = 1000 at P = 4096 (release, 2 shared cores; `BENCHMARKS.md`, "Ring"). The
 //! finished ring holds `P * min(R, N)` `u32`s plus the members. Lookup: one hash, one multiply,
-//! one table read, 3.5 ns (N = 3, 100) to 6 ns (N = 1000, cache misses) against 37-170 ns for
-//! `hashring`.
+//! one table read, 3.9-4.5 ns (N = 3 to 1000) against 38-252 ns for `hashring`.
 //!
 //! # Layout
 //! - [`hash`]: the stable hash functions and the key-to-partition reduction.
@@ -161,7 +160,7 @@ mod tests {
     fn a_known_ring_is_pinned() {
         // Known answers: if these change, rings changed; bump FORMAT_VERSION.
         let ring = Ring::build(RingConfig::default(), three()).unwrap();
-        assert_eq!(ring.version(), RingVersion(0x0ac7_ed19_0ea2_4506));
+        assert_eq!(ring.version(), RingVersion(0xda6a_b100_d32a_761a));
         assert_eq!(ring.table_digest(), 0x4522_2185_8ef4_f892);
         assert_eq!(
             ring.partition_for_guild(175_928_847_299_117_063),
@@ -267,7 +266,7 @@ mod tests {
             ..RingConfig::default()
         };
         assert_eq!(build(none, three()), RingError::ZeroReplication);
-        for factor in [0, 99, MAX_BALANCE_FACTOR_PERCENT + 1] {
+        for factor in [0, 100, 104, MAX_BALANCE_FACTOR_PERCENT + 1] {
             let config = RingConfig {
                 balance_factor_percent: factor,
                 ..RingConfig::default()

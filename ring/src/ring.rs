@@ -24,8 +24,10 @@ pub const DEFAULT_REPLICATION: u32 = 2;
 /// partitions per list position.
 pub const DEFAULT_BALANCE_FACTOR_PERCENT: u32 = 105;
 
-/// The smallest balance factor: 100% caps every node at exactly its fair share, rounded up.
-pub const MIN_BALANCE_FACTOR_PERCENT: u32 = 100;
+/// The smallest balance factor, the default: tighter caps leave the replica positions too
+/// little room to keep every replica off its partition's owner within the caps (at 100% the
+/// caps add up to exactly the partition count).
+pub const MIN_BALANCE_FACTOR_PERCENT: u32 = 105;
 
 /// The largest balance factor accepted (100x the fair share: no cap binds).
 pub const MAX_BALANCE_FACTOR_PERCENT: u32 = 10_000;
@@ -113,7 +115,7 @@ impl Default for RingConfig {
 
 impl RingConfig {
     /// A hash of [`FORMAT_VERSION`] and every parameter: two nodes build the same ring from the
-    /// same members exactly when their fingerprints match, so a cluster can refuse members whose
+    /// same members if their fingerprints match, so a cluster can refuse members whose
     /// configuration differs instead of disagreeing about owners.
     #[must_use]
     pub fn fingerprint(self) -> u64 {
@@ -125,7 +127,12 @@ impl RingConfig {
         hash_bytes(&bytes)
     }
 
-    fn validate(self) -> Result<(), RingError> {
+    /// Checks the configuration without building anything.
+    ///
+    /// # Errors
+    /// [`RingError::ZeroPartitions`], [`RingError::TooManyPartitions`],
+    /// [`RingError::ZeroReplication`], [`RingError::BalanceFactorOutOfRange`].
+    pub fn validate(self) -> Result<(), RingError> {
         if self.partitions == 0 {
             return Err(RingError::ZeroPartitions);
         }
@@ -454,8 +461,8 @@ impl<'a> PreferenceList<'a> {
     }
 }
 
-/// `hash_bytes` of the canonical encoding: format version, partitions, replication, member
-/// count, then per member (sorted by id) the id length and bytes, a zone flag with length and
+/// `hash_bytes` of the canonical encoding: format version, partitions, replication, balance
+/// factor, member count, then per member (sorted by id) the id length and bytes, a zone flag with length and
 /// bytes, and the weight; integers little-endian u32.
 fn version_of(config: RingConfig, members: &[Member]) -> RingVersion {
     fn put(bytes: &mut Vec<u8>, value: usize) {
@@ -466,12 +473,7 @@ fn version_of(config: RingConfig, members: &[Member]) -> RingVersion {
     bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     bytes.extend_from_slice(&config.partitions.to_le_bytes());
     bytes.extend_from_slice(&config.replication.to_le_bytes());
-    // Hashed only when it is not the default, so that rings built before the factor was
-    // configurable keep their versions.
-    if config.balance_factor_percent != DEFAULT_BALANCE_FACTOR_PERCENT {
-        bytes.push(b'b');
-        bytes.extend_from_slice(&config.balance_factor_percent.to_le_bytes());
-    }
+    bytes.extend_from_slice(&config.balance_factor_percent.to_le_bytes());
     put(&mut bytes, members.len());
     for m in members {
         let id = m.id().as_str().as_bytes();

@@ -225,6 +225,45 @@ proptest! {
         }
     }
 
+    /// The cap holds at every accepted balance factor: `ceil(factor / 100 * P * w / W)` for
+    /// owners, with or without weights, and per replica position when weights are equal and
+    /// there are more members than list positions. (With very uneven weights the rest of the
+    /// cluster cannot hold a heavy node's replicas within their caps; the replica then goes
+    /// beyond a cap rather than onto the owner, as `assign.rs` documents.)
+    #[test]
+    fn every_balance_factor_caps_every_list_position(
+        seed in any::<u64>(),
+        n in 2usize..200,
+        factor in prop::sample::select(vec![105u32, 110, 120, 250, 10_000]),
+        replication in 2u32..=3,
+        weighted in any::<bool>(),
+    ) {
+        let weight = |i: usize| if weighted { 50 + (splitmix64(seed ^ i as u64) % 200) as u32 } else { 100 };
+        let base: Vec<Member> = members(seed, n)
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| m.with_weight(weight(i)))
+            .collect();
+        let total: u64 = base.iter().map(|m| u64::from(m.weight())).sum();
+        let config = RingConfig {
+            balance_factor_percent: factor,
+            ..config(P, replication)
+        };
+        let ring = Ring::build(config, base).unwrap();
+        for load in ring.loads() {
+            let w = u64::from(ring.member(&load.node).unwrap().weight());
+            let bound = (u64::from(factor) * u64::from(P) * w).div_ceil(100 * total) as usize;
+            prop_assert!(load.owned <= bound, "{:?} owns {} > {bound}", load.node, load.owned);
+            let replica_bound = bound * (ring.list_len() - 1);
+            prop_assert!(
+                weighted || n <= replication as usize || load.replicas <= replica_bound,
+                "{:?} holds {} replicas > {replica_bound}",
+                load.node,
+                load.replicas
+            );
+        }
+    }
+
     #[test]
     fn preference_lists_hold_distinct_nodes(
         seed in any::<u64>(),
