@@ -9,10 +9,7 @@ use std::time::Duration;
 
 use clap::Args;
 use concord_protocol::codec::ZstdParams;
-use concord_ring::{
-    DEFAULT_BALANCE_FACTOR_PERCENT, MAX_BALANCE_FACTOR_PERCENT, MIN_BALANCE_FACTOR_PERCENT,
-    RingConfig,
-};
+use concord_ring::{DEFAULT_BALANCE_FACTOR_PERCENT, RingConfig, RingError};
 use concord_router::ReplayLimits;
 use serde::Deserialize;
 
@@ -204,9 +201,9 @@ pub struct ServeArgs {
     pub gossip_down_retention: Option<HumanDuration>,
     /// The ring's load cap in percent of a node's fair share: no node owns more than
     /// ceil(PERCENT / 100 x partitions / nodes) partitions. Higher moves fewer partitions when a
-    /// node joins or leaves (BENCHMARKS.md, "Ring": 120-150 keeps a join near the ideal up to
-    /// 1000 nodes). Must be the same on every node: gossip from a node with another value is
-    /// refused [default: 105].
+    /// node joins or leaves (BENCHMARKS.md, "Ring": 120 keeps a join near the ideal up to about
+    /// 300 nodes, 150 up to 1000). Must be the same on every node: gossip from a node with
+    /// another value is refused [default: 105].
     #[arg(long, env = "CONCORD_RING_BALANCE_FACTOR")]
     pub ring_balance_factor: Option<u32>,
 }
@@ -375,11 +372,14 @@ impl ServeArgs {
                 ..RingConfig::default()
             },
         };
-        let factors = MIN_BALANCE_FACTOR_PERCENT..=MAX_BALANCE_FACTOR_PERCENT;
-        if !factors.contains(&config.ring.balance_factor_percent) {
+        if let Err(RingError::BalanceFactorOutOfRange {
+            requested,
+            min,
+            max,
+        }) = config.ring.validate()
+        {
             return Err(ConfigError::Invalid(format!(
-                "ring-balance-factor must be {MIN_BALANCE_FACTOR_PERCENT} to {MAX_BALANCE_FACTOR_PERCENT} (percent of a node's fair share), got {}",
-                config.ring.balance_factor_percent
+                "ring-balance-factor must be {min} to {max} (percent of a node's fair share), got {requested}"
             )));
         }
         if config.node_id.is_empty() || config.node_id.len() > MAX_NODE_ID_LEN {

@@ -451,6 +451,7 @@ async fn three_nodes_converge_survive_a_kill_rejoin_and_ignore_bad_gossip() {
 /// ever lists the other and each keeps its own ring.
 #[tokio::test]
 async fn a_node_with_another_ring_configuration_is_refused() {
+    let _serial = SERIAL.lock().await;
     let ports = reserve_ports(2);
     let _n1 = NodeProc::spawn("n1", ports[0], &[]);
     let _n2 = NodeProc::spawn_with(
@@ -491,7 +492,7 @@ async fn a_node_with_another_ring_configuration_is_refused() {
 #[test]
 fn a_ring_balance_factor_out_of_range_is_refused_at_startup() {
     let out = Command::new(env!("CARGO_BIN_EXE_concord"))
-        .args(["serve", "--ring-balance-factor", "99"])
+        .args(["serve", "--ring-balance-factor", "100"])
         .env("CONCORD_TOKEN_SECRET", "t")
         .env("CONCORD_PUBLISH_SECRET", "p")
         .output()
@@ -499,7 +500,7 @@ fn a_ring_balance_factor_out_of_range_is_refused_at_startup() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("ring-balance-factor must be 100 to 10000"),
+        err.contains("ring-balance-factor must be 105 to 10000"),
         "{err}"
     );
 }

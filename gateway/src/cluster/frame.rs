@@ -49,8 +49,9 @@ pub enum FrameError {
     /// The tag does not match: wrong cluster secret, corruption or forgery.
     #[error("bad gossip MAC")]
     Mac,
-    /// An authentic datagram from a node with another ring configuration (`--ring-*` flags or
-    /// ring format): its rings would place guilds differently, so it is not let in.
+    /// An authentic datagram from a node with another ring configuration
+    /// (`--ring-balance-factor` or ring format): its rings would place guilds differently, so it
+    /// is not let in.
     #[error("gossip from a node with another ring configuration (fingerprint {0:016x})")]
     RingConfig(u64),
 }

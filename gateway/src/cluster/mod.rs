@@ -86,6 +86,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use frame::FrameError;
+use membership::Dropped;
+
 pub use frame::PacketKey;
 pub use identity::{MAX_NODE_ID_LEN, NodeIdentity};
 pub use membership::{Membership, MembershipConfig, Timing};
@@ -285,7 +288,7 @@ async fn own(
     let mut published = Published::default();
     // A member with another ring configuration is an operator error worth a warning, but
     // not one per datagram.
-    let mut warned_ring_config: Option<tokio::time::Instant> = None;
+    let mut warned_ring_config: Option<std::time::Instant> = None;
     loop {
         flush(&socket, &mut core).await;
         published.update(&view, &mut core);
@@ -297,9 +300,11 @@ async fn own(
                     if let Err(dropped) = core.handle_datagram(&buf[..n], now) {
                         crate::metrics::gossip_dropped(dropped.reason());
                         let quiet = warned_ring_config
-                            .is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(30));
-                        if dropped.reason() == "ring_config" && !quiet {
-                            warned_ring_config = Some(tokio::time::Instant::now());
+                            .is_some_and(|at| now < at + std::time::Duration::from_secs(30));
+                        let other_ring =
+                            matches!(dropped, Dropped::Frame(FrameError::RingConfig(_)));
+                        if other_ring && !quiet {
+                            warned_ring_config = Some(now);
                             tracing::warn!(
                                 %from,
                                 "refused {dropped}: every node must run the same ring format \
