@@ -587,14 +587,7 @@ impl<P: Placements> ClusterRouter<P> {
         // Peers that subscribed to us: serve those of guilds we now own.
         let peer_guilds: Vec<GuildId> = self.peers.keys().copied().collect();
         for guild in peer_guilds {
-            let nodes: Vec<NodeId> = self
-                .peers
-                .get(&guild)
-                .map(|p| p.keys().cloned().collect())
-                .unwrap_or_default();
-            for node in nodes {
-                self.serve_peer(guild, &node);
-            }
+            self.serve_peers(guild);
         }
 
         // Local subscriptions: follow the owner.
@@ -917,14 +910,7 @@ impl<P: Placements> ClusterRouter<P> {
         {
             sub.gap_request = None;
         }
-        let nodes: Vec<NodeId> = self
-            .peers
-            .get(&guild)
-            .map(|p| p.keys().cloned().collect())
-            .unwrap_or_default();
-        for node in nodes {
-            self.serve_peer(guild, &node);
-        }
+        self.serve_peers(guild);
         for f in h.held {
             let origin = f.origin.clone();
             if let Err(e) = self.sequence(guild, f.origin, f.publish_id, f.event_type, f.body) {
@@ -1151,6 +1137,18 @@ impl<P: Placements> ClusterRouter<P> {
                     },
                 );
             }
+        }
+    }
+
+    /// [`Self::serve_peer`] for every peer node subscribed to `guild`.
+    fn serve_peers(&mut self, guild: GuildId) {
+        let nodes: Vec<NodeId> = self
+            .peers
+            .get(&guild)
+            .map(|p| p.keys().cloned().collect())
+            .unwrap_or_default();
+        for node in nodes {
+            self.serve_peer(guild, &node);
         }
     }
 

@@ -575,10 +575,9 @@ fn nothing_is_acknowledged_or_fanned_out_before_the_replica_has_it() {
     assert_eq!(sim.frames(FrameKind::FanoutBatch).len(), 1);
 }
 
-#[test]
-fn acked_events_survive_the_owner_and_the_replica_continues_the_sequence() {
-    let mut sim = Sim::new(3, ClusterConfig::default(), 3);
-    let g = 30; // owner n0, replica n1; after n0 dies: owner n1, replica n2
+/// Every node subscribed to `g` (owned by n0), ten publishes delivered everywhere, then three
+/// more published at n0: replicated to n1 and acknowledged, but not fanned out yet.
+fn three_acked_but_not_fanned_out(sim: &mut Sim, g: u64) -> [(usize, u64); 3] {
     let subscribed = [(0, g), (1, g), (2, g)];
     for (i, g) in subscribed {
         sim.subscribe(i, g);
@@ -589,8 +588,6 @@ fn acked_events_survive_the_owner_and_the_replica_continues_the_sequence() {
     }
     sim.run();
     assert_eq!(sim.acked().len(), 10);
-
-    // Three more: replicated and acknowledged, then the owner dies before fanning out.
     for _ in 0..3 {
         sim.publish(0, g).unwrap();
     }
@@ -598,7 +595,17 @@ fn acked_events_survive_the_owner_and_the_replica_continues_the_sequence() {
     sim.deliver_all(0, 1);
     sim.deliver_all(1, 0);
     assert_eq!(sim.records[&n(0)].acked.len(), 3 + 4);
+    assert_eq!(sim.acked().len(), 13);
     assert_eq!(sim.delivered(2, g).len(), 10, "not fanned out yet");
+    subscribed
+}
+
+#[test]
+fn acked_events_survive_the_owner_and_the_replica_continues_the_sequence() {
+    let mut sim = Sim::new(3, ClusterConfig::default(), 3);
+    let g = 30; // owner n0, replica n1; after n0 dies: owner n1, replica n2
+    // Three more after ten: replicated and acknowledged, then the owner dies before fanning out.
+    let subscribed = three_acked_but_not_fanned_out(&mut sim, g);
     sim.kill(0);
     sim.run();
 
@@ -622,26 +629,8 @@ fn a_new_owner_that_was_not_the_replica_fetches_the_log_and_continues() {
     let mut sim = Sim::new(3, ClusterConfig::default(), 11);
     sim.ring.swap = true;
     let g = 30; // owner n0, replica n1; after n0 dies: owner n2 (not the replica), replica n1
-    let subscribed = [(0, g), (1, g), (2, g)];
-    for (i, g) in subscribed {
-        sim.subscribe(i, g);
-    }
-    sim.run();
-    for i in 0..10 {
-        sim.publish(i % 3, g).unwrap();
-    }
-    sim.run();
-    assert_eq!(sim.acked().len(), 10);
-
-    // Three more: replicated to n1 and acknowledged, then n0 dies before fanning out.
-    for _ in 0..3 {
-        sim.publish(0, g).unwrap();
-    }
-    sim.flush(&n(0));
-    sim.deliver_all(0, 1);
-    sim.deliver_all(1, 0);
-    assert_eq!(sim.acked().len(), 13);
-    assert_eq!(sim.delivered(2, g).len(), 10, "not fanned out yet");
+    // Three more after ten: replicated to n1 and acknowledged, then n0 dies before fanning out.
+    let subscribed = three_acked_but_not_fanned_out(&mut sim, g);
     sim.kill(0);
     assert_eq!(
         sim.ring.placement(GuildId(g)).map(|p| p.owner),
