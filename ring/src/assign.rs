@@ -76,7 +76,7 @@ pub(crate) fn capacities(
         .sum();
     let mut extra = boosted.div_ceil(den);
     let mut order: Vec<usize> = (0..members.len()).filter(|&i| shares[i].1 > 0).collect();
-    order.sort_by_key(|&i| (Reverse(demand[i]), cap_priority(&members[i]), i));
+    order.sort_by_cached_key(|&i| (Reverse(demand[i]), cap_priority(&members[i]), i));
     let mut caps: Vec<u128> = shares.iter().map(|&(whole, _)| whole).collect();
     for i in order {
         if extra == 0 {
