@@ -20,6 +20,9 @@
 //! - [`ClusterRouter`] — one per node: forwards publishes to the guild's owner, sequences,
 //!   replicates and acknowledges owned guilds, and sends one fan-out batch per subscribed
 //!   peer node ([`PeerFrame`]s in, [`cluster::Output`]s out).
+//! - [`continuity::SessionReplicas`] — the replicas this node holds of sessions hosted
+//!   elsewhere, fed by node-level [`continuity::SessionOp`]s; with
+//!   [`continuity::rebuild`], a session resumes on any node.
 //!
 //! ## Call order
 //! 1. `TopicTable::subscribe(topic, subscriber)` when a session joins a guild.
@@ -38,8 +41,11 @@
 //! - [`session_log`] — per-session sequence, replay index and write cursor.
 //! - [`cluster`] — cross-node publishing: guild owners, replicas, forwards, per-node
 //!   fan-out batches, subscriptions with cursors and gap fills ([`ClusterRouter`]).
+//! - [`continuity`] — session replicas on another node, and rebuilding a resumed
+//!   session's replay from them and the guild logs ([`continuity::SessionReplicas`]).
 
 pub mod cluster;
+pub mod continuity;
 pub mod event;
 pub mod session_log;
 pub mod table;

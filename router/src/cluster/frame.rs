@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{GuildId, GuildSeq, NodeId, PublishId};
+use super::{FetchId, GuildId, GuildSeq, NodeId, PublishId};
+use crate::continuity::SessionFrame;
 
 /// One sequenced guild event, as logged, replicated and fanned out. Cheap to clone (the
 /// name and body are shared).
@@ -125,6 +126,29 @@ pub enum PeerFrame {
         /// The highest sequence this node knows was replicated (0 if it holds nothing).
         last_seq: GuildSeq,
     },
+    /// Any node -> the guild's owner: send me the replicated events after `after` that
+    /// you hold (a resumed session's replay is rebuilt from them).
+    LogFetch {
+        /// The guild.
+        guild: GuildId,
+        /// Send what follows this seq.
+        after: GuildSeq,
+        /// The asker's id for the fetch.
+        fetch: FetchId,
+    },
+    /// Answer to [`PeerFrame::LogFetch`]: the replicated events held after `after`, in
+    /// order (possibly none, possibly starting later than asked).
+    LogFetched {
+        /// The guild.
+        guild: GuildId,
+        /// The asker's id.
+        fetch: FetchId,
+        /// The events.
+        events: Vec<GuildEvent>,
+    },
+    /// Session continuity (replicas, resumes, releases): not the router's; the node's
+    /// router task handles these with [`crate::continuity`].
+    Session(SessionFrame),
 }
 
 /// The kinds of [`PeerFrame`], for counters.
@@ -154,11 +178,17 @@ pub enum FrameKind {
     LogRequest,
     /// [`PeerFrame::LogTransfer`].
     LogTransfer,
+    /// [`PeerFrame::LogFetch`].
+    LogFetch,
+    /// [`PeerFrame::LogFetched`].
+    LogFetched,
+    /// [`PeerFrame::Session`].
+    Session,
 }
 
 impl FrameKind {
     /// How many kinds there are.
-    pub const COUNT: usize = 12;
+    pub const COUNT: usize = 15;
 
     /// Every kind, in [`FrameKind::index`] order.
     pub const ALL: [FrameKind; FrameKind::COUNT] = [
@@ -174,6 +204,9 @@ impl FrameKind {
         FrameKind::Resync,
         FrameKind::LogRequest,
         FrameKind::LogTransfer,
+        FrameKind::LogFetch,
+        FrameKind::LogFetched,
+        FrameKind::Session,
     ];
 
     /// A dense index, for counter arrays.
@@ -196,6 +229,9 @@ impl FrameKind {
             FrameKind::Resync => "resync",
             FrameKind::LogRequest => "log_request",
             FrameKind::LogTransfer => "log_transfer",
+            FrameKind::LogFetch => "log_fetch",
+            FrameKind::LogFetched => "log_fetched",
+            FrameKind::Session => "session",
         }
     }
 }
@@ -216,6 +252,9 @@ impl PeerFrame {
             PeerFrame::Resync { .. } => FrameKind::Resync,
             PeerFrame::LogRequest { .. } => FrameKind::LogRequest,
             PeerFrame::LogTransfer { .. } => FrameKind::LogTransfer,
+            PeerFrame::LogFetch { .. } => FrameKind::LogFetch,
+            PeerFrame::LogFetched { .. } => FrameKind::LogFetched,
+            PeerFrame::Session(_) => FrameKind::Session,
         }
     }
 }

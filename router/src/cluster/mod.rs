@@ -138,6 +138,10 @@ impl std::fmt::Display for GuildSeq {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PublishId(pub u64);
 
+/// The caller's id for one [`ClusterRouter::fetch`], unique among this node's fetches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FetchId(pub u64);
+
 /// Where one guild lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Placement {

@@ -7,8 +7,8 @@ use bytes::Bytes;
 
 use super::frame::{GuildEvent, PeerFrame};
 use super::{
-    ClusterConfig, ClusterCounters, GuildId, GuildSeq, NodeId, Placement, Placements, PublishError,
-    PublishId,
+    ClusterConfig, ClusterCounters, FetchId, GuildId, GuildSeq, NodeId, Placement, Placements,
+    PublishError, PublishId,
 };
 
 /// What the router wants done. Drain with [`ClusterRouter::poll_output`] after every
@@ -55,6 +55,27 @@ pub enum Output {
         /// The guild.
         guild: GuildId,
     },
+    /// The answer to [`ClusterRouter::fetch`]: the replicated events of `guild` after
+    /// the asked seq that its owner (or this node) holds, in order. They may start later
+    /// than asked (the log no longer reaches back) or be empty.
+    Fetched {
+        /// The id given to `fetch`.
+        fetch: FetchId,
+        /// The guild.
+        guild: GuildId,
+        /// The events.
+        events: Vec<GuildEvent>,
+    },
+}
+
+/// A fetch this node asked a guild's owner for, not answered yet.
+#[derive(Debug)]
+struct PendingFetch {
+    guild: GuildId,
+    after: GuildSeq,
+    sent_to: NodeId,
+    /// Set by [`ClusterRouter::resend_stale`]; still pending at the next call: sent again.
+    marked: bool,
 }
 
 /// A guild this node owns: its sequence, log, replica and unacknowledged publishes.
@@ -294,6 +315,8 @@ pub struct ClusterRouter<P> {
     to_replicate: BTreeMap<NodeId, Vec<GuildEvent>>,
     /// Owned guilds whose replicated sequence advanced since the last flush.
     dirty: BTreeSet<GuildId>,
+    /// Log fetches this node asked for, by id.
+    fetches: BTreeMap<FetchId, PendingFetch>,
     fx: Effects,
 }
 
@@ -316,6 +339,7 @@ impl<P: Placements> ClusterRouter<P> {
             relayed: VecDeque::new(),
             to_replicate: BTreeMap::new(),
             dirty: BTreeSet::new(),
+            fetches: BTreeMap::new(),
             fx: Effects::default(),
         }
     }
@@ -476,6 +500,136 @@ impl<P: Placements> ClusterRouter<P> {
                 events,
                 last_seq,
             } => self.on_log_transfer(from, guild, events, last_seq),
+            PeerFrame::LogFetch {
+                guild,
+                after,
+                fetch,
+            } => {
+                let events = self.held_after(guild, after);
+                self.fx.send(
+                    from.clone(),
+                    PeerFrame::LogFetched {
+                        guild,
+                        fetch,
+                        events,
+                    },
+                );
+            }
+            PeerFrame::LogFetched {
+                guild,
+                fetch,
+                events,
+            } => {
+                if self.fetches.remove(&fetch).is_some() {
+                    self.fx.push(Output::Fetched {
+                        fetch,
+                        guild,
+                        events,
+                    });
+                }
+            }
+            // Not the router's: the shell handles continuity frames itself.
+            PeerFrame::Session(_) => {}
+        }
+    }
+
+    /// Asks for the replicated events of `guild` after `after`, from the guild's owner
+    /// (or at once from this node's own log when it owns the guild). An
+    /// [`Output::Fetched`] with `fetch` follows; a fetch whose owner changes or does not
+    /// answer is sent again on ring changes and [`ClusterRouter::resend_stale`] ticks.
+    pub fn fetch(&mut self, guild: GuildId, after: GuildSeq, fetch: FetchId) {
+        let owner = self.placements.placement(guild).map(|p| p.owner);
+        match owner {
+            Some(owner) if owner != self.me => {
+                self.fetches.insert(
+                    fetch,
+                    PendingFetch {
+                        guild,
+                        after,
+                        sent_to: owner.clone(),
+                        marked: false,
+                    },
+                );
+                self.fx.send(
+                    owner,
+                    PeerFrame::LogFetch {
+                        guild,
+                        after,
+                        fetch,
+                    },
+                );
+            }
+            // We own it, or there is no ring: what we hold is all there is.
+            _ => {
+                let events = self.held_after(guild, after);
+                self.fx.push(Output::Fetched {
+                    fetch,
+                    guild,
+                    events,
+                });
+            }
+        }
+    }
+
+    /// Drops a fetch nobody waits for any more; a late answer is ignored.
+    pub fn cancel_fetch(&mut self, fetch: FetchId) {
+        self.fetches.remove(&fetch);
+    }
+
+    /// The replicated events of `guild` after `after` this node holds, as owner,
+    /// replica or retired holder.
+    fn held_after(&self, guild: GuildId, after: GuildSeq) -> Vec<GuildEvent> {
+        if let Some(o) = self.owned.get(&guild) {
+            return o.events_after(after).1;
+        }
+        self.replicas
+            .get(&guild)
+            .or(self.retired.get(&guild))
+            .map(|r| r.log.iter().filter(|e| e.seq > after).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Sends pending fetches whose guild's owner changed (or all, with `again`) to the
+    /// owner the ring names now.
+    fn route_fetches(&mut self, again: bool) {
+        let ids: Vec<FetchId> = self.fetches.keys().copied().collect();
+        for id in ids {
+            let Some(f) = self.fetches.get_mut(&id) else {
+                continue;
+            };
+            let owner = self.placements.placement(f.guild).map(|p| p.owner);
+            let Some(owner) = owner else {
+                continue;
+            };
+            let moved = owner != f.sent_to;
+            if again && !moved && !f.marked {
+                f.marked = true;
+                continue;
+            }
+            if !again && !moved {
+                continue;
+            }
+            let (guild, after) = (f.guild, f.after);
+            if owner == self.me {
+                self.fetches.remove(&id);
+                let events = self.held_after(guild, after);
+                self.fx.push(Output::Fetched {
+                    fetch: id,
+                    guild,
+                    events,
+                });
+            } else {
+                f.sent_to = owner.clone();
+                f.marked = false;
+                self.fx.send(
+                    owner,
+                    PeerFrame::LogFetch {
+                        guild,
+                        after,
+                        fetch: id,
+                    },
+                );
+            }
         }
     }
 
@@ -614,6 +768,8 @@ impl<P: Placements> ClusterRouter<P> {
             self.route_pending(id, false);
         }
 
+        self.route_fetches(false);
+
         // Forwards we relayed on the old ring: where the new one says, if that moved.
         for r in std::mem::take(&mut self.relayed) {
             let Some(p) = self.placements.placement(r.guild) else {
@@ -688,6 +844,8 @@ impl<P: Placements> ClusterRouter<P> {
         for guild in expired {
             self.finish_handoff(guild);
         }
+
+        self.route_fetches(true);
 
         let ids: Vec<PublishId> = self.pending.keys().copied().collect();
         for id in ids {

@@ -79,6 +79,7 @@ struct Record {
     resyncs: Vec<GuildId>,
     acked: Vec<(PublishId, GuildId, GuildSeq)>,
     rejected: Vec<(PublishId, PublishError)>,
+    fetched: Vec<(FetchId, GuildId, Vec<u64>)>,
 }
 
 type DropFilter = Box<dyn Fn(&NodeId, &NodeId, &PeerFrame) -> bool>;
@@ -176,6 +177,13 @@ impl Sim {
                     publish_id, error, ..
                 } => record.rejected.push((publish_id, error)),
                 Output::Resync { guild } => record.resyncs.push(guild),
+                Output::Fetched {
+                    fetch,
+                    guild,
+                    events,
+                } => record
+                    .fetched
+                    .push((fetch, guild, events.iter().map(|e| e.seq.0).collect())),
             }
         }
     }
@@ -622,6 +630,42 @@ fn acked_events_survive_the_owner_and_the_replica_continues_the_sequence() {
     assert_eq!(sim.delivered(2, g), (1..=15).collect::<Vec<_>>());
     sim.check(&subscribed);
     assert!(sim.records[&n(2)].resyncs.is_empty());
+}
+
+#[test]
+fn a_fetch_gets_the_log_tail_from_the_owner_and_follows_a_failover() {
+    let mut sim = Sim::new(3, ClusterConfig::default(), 5);
+    let g = 30; // owner n0, replica n1; after n0 dies: owner n1
+    let subscribed = everyone_subscribed(&mut sim);
+    for _ in 0..6 {
+        sim.publish(2, g).unwrap();
+    }
+    sim.run();
+    let fetch = |sim: &mut Sim, id: u64| {
+        let node = n(2);
+        sim.nodes
+            .get_mut(&node)
+            .unwrap()
+            .fetch(GuildId(g), GuildSeq(3), FetchId(id));
+        sim.drain(&node);
+    };
+    fetch(&mut sim, 1);
+    sim.run();
+    assert_eq!(
+        sim.records[&n(2)].fetched,
+        vec![(FetchId(1), GuildId(g), vec![4, 5, 6])]
+    );
+
+    // Asked of an owner that dies before answering: sent again to the new owner.
+    fetch(&mut sim, 2);
+    sim.links.remove(&(n(2), n(0)));
+    sim.kill(0);
+    sim.run();
+    assert_eq!(
+        sim.records[&n(2)].fetched[1],
+        (FetchId(2), GuildId(g), vec![4, 5, 6])
+    );
+    sim.check(&subscribed);
 }
 
 #[test]
