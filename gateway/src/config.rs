@@ -79,6 +79,26 @@ pub enum ZstdPreset {
     Discord,
 }
 
+/// How a clustered node replicates its sessions to their replica nodes (see
+/// `crate::hub`), which is what lets a client resume on another node after its host
+/// died.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum SessionReplication {
+    /// A dispatch is written to the client only after the session's replica node
+    /// acknowledged the `s` it carries: a client can always resume on another node,
+    /// even after its host crashed, and gets every event after what it saw. Costs one
+    /// peer round trip of latency per write batch.
+    Sync,
+    /// Replicated in the background, one batch per replica node per hub burst: no
+    /// added latency, but a crash can lose what the host wrote in its last moments, so
+    /// some clients of a crashed host get op 9 (identify again). Drains and resumes on
+    /// another node while the host is alive lose nothing.
+    Async,
+    /// Not replicated: a session lives and dies with its host.
+    Off,
+}
+
 /// `concord serve` settings. Every field is optional here: a flag wins over the
 /// environment, which wins over the `--config` file, which wins over the default.
 #[derive(Args, Debug, Default, Clone, Deserialize)]
@@ -206,6 +226,10 @@ pub struct ServeArgs {
     /// another value is refused [default: 105].
     #[arg(long, env = "CONCORD_RING_BALANCE_FACTOR")]
     pub ring_balance_factor: Option<u32>,
+    /// How sessions are replicated to another node so clients can resume anywhere,
+    /// even after their node crashed: sync, async or off [default: sync].
+    #[arg(long, env = "CONCORD_SESSION_REPLICATION", value_enum)]
+    pub session_replication: Option<SessionReplication>,
 }
 
 macro_rules! fill_from {
@@ -253,7 +277,7 @@ impl ServeArgs {
             max_event_bytes, log, dicts, public_api_url, dict_retrain, gossip_listen,
             gossip_advertise, peer_listen, peer_advertise, seeds, cluster_secret,
             gossip_probe_period, gossip_probe_rtt, gossip_suspect_timeout, gossip_interval,
-            gossip_down_retention, ring_balance_factor);
+            gossip_down_retention, ring_balance_factor, session_replication);
         Ok(self)
     }
 
@@ -371,6 +395,7 @@ impl ServeArgs {
                     .unwrap_or(DEFAULT_BALANCE_FACTOR_PERCENT),
                 ..RingConfig::default()
             },
+            session_replication: self.session_replication.unwrap_or(SessionReplication::Sync),
         };
         if let Err(RingError::BalanceFactorOutOfRange {
             requested,
@@ -474,6 +499,8 @@ pub struct Config {
     pub gossip_timing: Timing,
     /// How the ring is built; the same on every node of a cluster.
     pub ring: RingConfig,
+    /// How sessions are replicated (clustered nodes only).
+    pub session_replication: SessionReplication,
 }
 
 impl Config {

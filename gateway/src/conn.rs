@@ -16,7 +16,7 @@ use concord_protocol::{
     CloseCode, CurrentUser, GATEWAY_VERSION, GuildId, Identify, Ready, ReadyApplication,
     ReadyDictionary, Resume, Seq, SessionId, UnavailableGuild, frame, intents, token,
 };
-use concord_router::Event;
+use concord_router::continuity::Takeover;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -33,6 +33,7 @@ use crate::config::Config;
 use crate::hub::{HubHandle, HubInput};
 use crate::limits::IdentifyLimiter;
 use crate::metrics::{self, Metrics};
+use crate::peer::{RemoteResume, RemoteResumeError, RouterHandle};
 use crate::session::machine::{Action, Machine};
 use crate::session::{Registry, Session, SessionRef};
 use crate::wsframe::{self, Part};
@@ -63,6 +64,8 @@ pub struct Shared {
     pub dicts: Arc<crate::dicts::DictStore>,
     /// Where clients download dictionaries (`<public API URL>/v1/dictionaries/`).
     pub dict_url_base: String,
+    /// The cluster router task, when clustered: resumes of sessions hosted elsewhere.
+    pub router: Option<RouterHandle>,
 }
 
 /// The WebSocket settings: a small read buffer and a 4096-byte message cap (DESIGN's
@@ -356,29 +359,30 @@ impl Connection {
             Action::Identify(identify) => Box::pin(self.identify(*identify)).await,
             Action::Resume(resume) => Box::pin(self.resume(resume)).await,
             Action::RequestGuildMembers(r) => {
-                if let Some(a) = &self.attached {
-                    let body = serde_json::json!({
-                        "guild_id": r.guild_id, "members": [], "chunk_index": 0,
-                        "chunk_count": 1, "not_found": [], "nonce": r.nonce,
-                    });
-                    let body = Bytes::from(body.to_string());
-                    a.session.push(Event::session_only(
-                        "GUILD_MEMBERS_CHUNK",
-                        body,
-                        Instant::now(),
-                    ));
-                }
-                Ok(())
+                let Some(a) = &self.attached else {
+                    return Ok(());
+                };
+                let body = serde_json::json!({
+                    "guild_id": r.guild_id, "members": [], "chunk_index": 0,
+                    "chunk_count": 1, "not_found": [], "nonce": r.nonce,
+                });
+                let input = HubInput::Push {
+                    session: a.session.clone(),
+                    event_type: "GUILD_MEMBERS_CHUNK",
+                    body: Bytes::from(body.to_string()),
+                };
+                self.shared.hub.send(input).await.map_err(|_| Stop::Dropped)
             }
             Action::SetGuildActivity(activity) => {
-                if let Some(a) = &self.attached {
-                    let mut st = a.session.lock();
-                    st.passive.retain(|g| *g != activity.guild_id);
-                    if !activity.active && st.guilds.contains(&activity.guild_id) {
-                        st.passive.push(activity.guild_id);
-                    }
-                }
-                Ok(())
+                let Some(a) = &self.attached else {
+                    return Ok(());
+                };
+                let input = HubInput::SetPassive {
+                    session: a.session.clone(),
+                    guild: activity.guild_id,
+                    passive: !activity.active,
+                };
+                self.shared.hub.send(input).await.map_err(|_| Stop::Dropped)
             }
             Action::Ignore => Ok(()),
             Action::Close(code) => Err(self.close(code).await),
@@ -404,7 +408,6 @@ impl Connection {
             metrics::identify("rate_limited");
             return Err(self.close(CloseCode::RateLimited).await);
         }
-        let now = Instant::now();
         let session = Arc::new(Session::new(
             SessionId(rand::random()),
             claims.user_id(),
@@ -443,14 +446,13 @@ impl Connection {
                 })
                 .collect(),
         };
-        let body = serde_json::to_vec(&ready).unwrap_or_default();
+        let ready = Bytes::from(serde_json::to_vec(&ready).unwrap_or_default());
         let kicked = CancellationToken::new();
         {
             let mut st = session.lock();
             st.attachment = Some(kicked.clone());
             st.epoch = 1;
         }
-        session.push(Event::session_only("READY", body.into(), now));
         self.shared.registry.insert(session.clone());
         self.shared.metrics.sessions.increment(1);
         self.attached = Some(Attached {
@@ -462,7 +464,11 @@ impl Connection {
         metrics::identify("ok");
         self.shared
             .hub
-            .send(HubInput::Join { session, guilds })
+            .send(HubInput::Join {
+                session,
+                ready,
+                guilds,
+            })
             .await
             .map_err(|_| Stop::Dropped)
     }
@@ -484,16 +490,20 @@ impl Connection {
 
     async fn resume(&mut self, resume: Resume) -> Result<(), Stop> {
         let config = &self.shared.config;
-        let session = resume
-            .session_id
-            .parse::<SessionId>()
-            .ok()
-            .and_then(|id| self.shared.registry.find(id));
-        let Some(session) = session else {
+        let Ok(id) = resume.session_id.parse::<SessionId>() else {
             metrics::resume("unknown");
             return self.invalid_session().await;
         };
         let claims = token::verify(config.token_secret.as_bytes(), &resume.token, unix_now());
+        let session = self.shared.registry.find(id);
+        let Some(session) = session else {
+            // Not here: hosted on (or replicated to) another node of the cluster.
+            let Ok(claims) = claims else {
+                metrics::resume("bad_token");
+                return Err(self.close(CloseCode::AuthenticationFailed).await);
+            };
+            return Box::pin(self.resume_remote(id, claims.user_id(), resume.seq)).await;
+        };
         if claims.map(|c| c.user_id()) != Ok(session.user) {
             metrics::resume("bad_token");
             return Err(self.close(CloseCode::AuthenticationFailed).await);
@@ -532,21 +542,102 @@ impl Connection {
                 self.invalid_session().await
             }
             Ok((epoch, kicked)) => {
-                metrics::resume("ok");
-                session.push(Event::session_only(
-                    "RESUMED",
-                    Bytes::from_static(b"{}"),
-                    Instant::now(),
-                ));
+                metrics::resume("local");
                 self.attached = Some(Attached {
-                    session,
+                    session: session.clone(),
                     epoch,
                     kicked,
                 });
                 self.machine.identified();
-                Ok(())
+                self.shared
+                    .hub
+                    .send(HubInput::Push {
+                        session,
+                        event_type: "RESUMED",
+                        body: Bytes::from_static(b"{}"),
+                    })
+                    .await
+                    .map_err(|_| Stop::Dropped)
             }
         }
+    }
+
+    /// Resumes a session this node does not host: its old host lets it go, or its
+    /// replica is promoted, and the replay is rebuilt from the guild logs (see
+    /// [`crate::peer`]). Standalone nodes know only their own sessions.
+    async fn resume_remote(
+        &mut self,
+        id: SessionId,
+        user: concord_protocol::UserId,
+        seq: Seq,
+    ) -> Result<(), Stop> {
+        let Some(router) = self.shared.router.clone() else {
+            metrics::resume("unknown");
+            return self.invalid_session().await;
+        };
+        let resumed = match router.resume(id, user, seq.0).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(session = %id, error = %e, "resume from another node failed");
+                let (outcome, close) = match e {
+                    RemoteResumeError::Unknown => ("unknown", None),
+                    RemoteResumeError::Ahead => ("bad_seq", Some(CloseCode::InvalidSeq)),
+                    RemoteResumeError::TooOld => ("too_old", None),
+                    RemoteResumeError::Lost(_) => ("lost", None),
+                    RemoteResumeError::TimedOut | RemoteResumeError::ShuttingDown => {
+                        ("unavailable", None)
+                    }
+                };
+                metrics::resume(outcome);
+                return match close {
+                    Some(code) => Err(self.close(code).await),
+                    None => self.invalid_session().await,
+                };
+            }
+        };
+        let RemoteResume {
+            snapshot,
+            rebuilt,
+            takeover,
+        } = resumed;
+        let identity = snapshot.identity;
+        let log = concord_router::SessionLog::continuing_after(self.shared.config.replay, seq);
+        let session = Arc::new(Session::with_log(
+            identity.id,
+            identity.user,
+            identity.username.to_string(),
+            identity.bot,
+            identity.intents,
+            log,
+        ));
+        let kicked = CancellationToken::new();
+        {
+            let mut st = session.lock();
+            st.passive = snapshot.passive;
+            st.attachment = Some(kicked.clone());
+            st.epoch = 1;
+        }
+        self.shared.registry.insert(session.clone());
+        self.shared.metrics.sessions.increment(1);
+        metrics::resume(match takeover {
+            Takeover::Migrated => "migrated",
+            Takeover::Promoted => "promoted",
+        });
+        self.attached = Some(Attached {
+            session: session.clone(),
+            epoch: 1,
+            kicked,
+        });
+        self.machine.identified();
+        self.shared
+            .hub
+            .send(HubInput::Adopt {
+                session,
+                replay: rebuilt.replay,
+                cursors: rebuilt.cursors,
+            })
+            .await
+            .map_err(|_| Stop::Dropped)
     }
 
     /// Op 9 `false`: the client must identify again (on this or a new connection).

@@ -87,7 +87,10 @@ pub fn identify(outcome: &'static str) {
     counter!("concord_identifies_total", "outcome" => outcome).increment(1);
 }
 
-/// Counts a resume by outcome (`ok`, `unknown`, `too_old`, `bad_seq`, `bad_token`).
+/// Counts a resume by outcome: `local` (the session was on this node), `migrated` (its
+/// live host let it go), `promoted` (its host was gone; its replica was used),
+/// `unknown`, `too_old`, `lost` (an event it needs is in no log), `unavailable` (the
+/// cluster did not answer in time), `bad_seq`, `bad_token`.
 pub fn resume(outcome: &'static str) {
     counter!("concord_resumes_total", "outcome" => outcome).increment(1);
 }
@@ -215,6 +218,16 @@ pub fn peer_router_counters(
         }
     }
     gauge!("concord_peer_max_batch_events").set(now.max_batch_events as f64);
+}
+
+/// Session replication ops this node sent as a host (`concord_session_ops_total`).
+pub fn session_ops(n: usize) {
+    counter!("concord_session_ops_total").increment(n as u64);
+}
+
+/// Sessions of other nodes replicated here (`concord_session_replicas`).
+pub fn session_replicas(n: usize) {
+    gauge!("concord_session_replicas").set(n as f64);
 }
 
 /// Resyncs: guild events lost for this node (`concord_peer_resyncs_total`).

@@ -26,12 +26,12 @@ use crate::config::Config;
 use crate::conn::{self, Shared};
 use crate::dicts::DictStore;
 use crate::grpc::PublishService;
-use crate::hub::Hub;
+use crate::hub::{Continuity, Hub};
 use crate::limits::IdentifyLimiter;
 use crate::metrics::{self, Metrics};
 use crate::peer::auth::PeerKey;
 use crate::peer::link::{self, PeerService};
-use crate::peer::{RouterHandle, RouterTask};
+use crate::peer::{RouterHandle, RouterTask, SessionSettings};
 use crate::session::Registry;
 
 /// The sockets a node serves.
@@ -182,6 +182,7 @@ pub async fn start(config: Config, listeners: Listeners) -> io::Result<Node> {
     let cluster_view = cluster.view();
     let gossip_addr = cluster.gossip_addr();
     let clustered = gossip_addr.is_some();
+    let registry = Arc::new(Registry::default());
     let mut hub = Hub::new(
         config.guild_log_events,
         config.session_queue,
@@ -189,15 +190,28 @@ pub async fn start(config: Config, listeners: Listeners) -> io::Result<Node> {
     );
     let (subs_tx, subs_rx) = tokio::sync::mpsc::unbounded_channel();
     if clustered {
-        hub = hub.with_subscriptions(subs_tx);
+        hub = hub.clustered(
+            subs_tx,
+            Continuity {
+                mode: config.session_replication,
+                me: cluster_view.borrow().node_id.clone(),
+                view: cluster_view.clone(),
+                registry: registry.clone(),
+            },
+        );
     }
     let (hub, hub_task) = hub.spawn();
     // Clustered: guild publishes go through the owner, over peer links.
     let mut peer_server = None;
     let router = if clustered {
         let me = cluster_view.borrow().node_id.clone();
-        let (router, _router_task) = RouterTask::new(me.clone(), hub.clone(), cluster_view.clone())
-            .spawn(subs_rx, stop.clone());
+        let settings = SessionSettings {
+            max_entries: config.replay.max_events,
+            resume_window: config.resume_window,
+        };
+        let (router, _router_task) =
+            RouterTask::new(me.clone(), hub.clone(), cluster_view.clone(), settings)
+                .spawn(subs_rx, stop.clone());
         let key = PeerKey::new(
             config
                 .cluster_secret
@@ -230,7 +244,6 @@ pub async fn start(config: Config, listeners: Listeners) -> io::Result<Node> {
     } else {
         None
     };
-    let registry = Arc::new(Registry::default());
     let shared = Arc::new(Shared {
         config: config.clone(),
         public_url: public_url.clone(),
@@ -241,6 +254,7 @@ pub async fn start(config: Config, listeners: Listeners) -> io::Result<Node> {
         drain: drain.clone(),
         dicts: dicts.clone(),
         dict_url_base: format!("{public_api_url}/v1/dictionaries/"),
+        router: router.clone(),
     });
 
     let connections = TaskTracker::new();

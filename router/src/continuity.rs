@@ -147,6 +147,9 @@ pub enum SessionFrame {
         request: u64,
         /// The session.
         session: SessionId,
+        /// The user the resuming client's token names (a session is handed only to its
+        /// own user).
+        user: UserId,
         /// The client's last `s`.
         client_seq: u64,
     },
@@ -163,6 +166,8 @@ pub enum SessionFrame {
         request: u64,
         /// The session.
         session: SessionId,
+        /// The user the resuming client's token names.
+        user: UserId,
     },
     /// Host -> directory: the session was let go (with its state), or was not here.
     Released {
@@ -334,6 +339,20 @@ impl SessionReplicas {
             by_user: HashMap::new(),
             max_entries: max_entries.max(1),
         }
+    }
+
+    /// The user of a replicated session.
+    pub fn user_of(&self, session: SessionId) -> Option<UserId> {
+        self.sessions.get(&session).map(|r| r.identity.user)
+    }
+
+    /// Drops every replica whose host is `host` (it died and its resume window passed).
+    pub fn drop_host(&mut self, host: &NodeId) -> usize {
+        let ids: Vec<SessionId> = self.sessions_of(host).collect();
+        for id in &ids {
+            self.remove(*id);
+        }
+        ids.len()
     }
 
     /// How many sessions are replicated here.
@@ -537,9 +556,7 @@ impl SessionReplicas {
     }
 
     fn replica_mut(&mut self, host: &NodeId, session: SessionId) -> Option<&mut Replica> {
-        self.sessions
-            .get_mut(&session)
-            .filter(|r| &r.host == host)
+        self.sessions.get_mut(&session).filter(|r| &r.host == host)
     }
 
     fn unindex_guild(&mut self, host: &NodeId, guild: GuildId, session: SessionId) {
@@ -832,14 +849,24 @@ mod tests {
         r.apply(&h, join(1, 5, 0));
         r.apply(&other, push(1, "X"));
         r.apply(&other, deliver(5, 1, "MESSAGE_CREATE"));
-        r.apply(&other, SessionOp::End { session: SessionId(1) });
+        r.apply(
+            &other,
+            SessionOp::End {
+                session: SessionId(1),
+            },
+        );
         assert_eq!(r.snapshot(SessionId(1), 0).unwrap().1.last_seq(), 0);
         // The host moved it: a new Open from the new host replaces it.
         r.apply(&other, open(1, 10, intents::ALL));
         assert_eq!(r.host_of(SessionId(1)), Some(&other));
         r.apply(&h, deliver(5, 2, "MESSAGE_CREATE"));
         assert_eq!(r.snapshot(SessionId(1), 0).unwrap().1.last_seq(), 0);
-        r.apply(&other, SessionOp::End { session: SessionId(1) });
+        r.apply(
+            &other,
+            SessionOp::End {
+                session: SessionId(1),
+            },
+        );
         assert!(r.is_empty());
         assert!(r.by_guild.is_empty() && r.by_user.is_empty());
     }
@@ -927,7 +954,13 @@ mod tests {
         // Guild 6 is passive: its event moves the cursor but is not replayed.
         assert_eq!(
             got,
-            vec![(Some(5), 3), (None, 0), (Some(5), 4), (Some(5), 5), (Some(5), 6)]
+            vec![
+                (Some(5), 3),
+                (None, 0),
+                (Some(5), 4),
+                (Some(5), 5),
+                (Some(5), 6)
+            ]
         );
         assert_eq!(
             rebuilt.cursors,
@@ -943,7 +976,10 @@ mod tests {
             })
         );
         // A log that skips what the host never offered is a loss too.
-        fetched.insert(GuildId(5), vec![event(5, 3, "X"), event(5, 4, "X"), event(5, 6, "X")]);
+        fetched.insert(
+            GuildId(5),
+            vec![event(5, 3, "X"), event(5, 4, "X"), event(5, 6, "X")],
+        );
         assert_eq!(
             rebuild(&snap, &fetched),
             Err(RebuildError {

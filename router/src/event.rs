@@ -64,6 +64,26 @@ impl Event {
         })
     }
 
+    /// A topic event another node sequenced, replayed into one session's log (a session
+    /// rebuilt after a resume elsewhere): already filtered for it, so it needs no intent.
+    pub fn replayed(
+        topic: Topic,
+        topic_seq: u64,
+        event_type: &str,
+        body: Bytes,
+        now: Instant,
+    ) -> SharedEvent {
+        Arc::new(Event {
+            topic: Some(topic),
+            topic_seq,
+            event_type: event_type.into(),
+            body,
+            required_intent: None,
+            published_at: now,
+            dict_bodies: Mutex::new(Vec::new()),
+        })
+    }
+
     /// This event's body compressed against dictionary `id`: from the cache, or made by
     /// `compress` and cached, so a node compresses each event once per dictionary however
     /// many sessions receive it. Returns the body and whether this call compressed it.

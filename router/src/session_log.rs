@@ -62,6 +62,10 @@ pub struct SessionLog {
     written: u64,
     bytes: usize,
     limits: ReplayLimits,
+    /// With synchronous replication: the last seq the session's replica acknowledged.
+    /// Nothing past it is written (a client could otherwise hold an `s` no replica
+    /// knows). `None`: writes are not gated.
+    replicated: Option<u64>,
 }
 
 impl SessionLog {
@@ -73,7 +77,36 @@ impl SessionLog {
             written: 0,
             bytes: 0,
             limits,
+            replicated: None,
         }
+    }
+
+    /// A log that continues after `last_seq`, as if everything up to it was written: a
+    /// session rebuilt on another node from its replica, for a client whose last `s`
+    /// was `last_seq`.
+    pub fn continuing_after(limits: ReplayLimits, last_seq: Seq) -> Self {
+        let mut log = SessionLog::new(limits);
+        log.last_seq = last_seq.0;
+        log.written = last_seq.0;
+        log
+    }
+
+    /// Gates writes on replication: from now on only what [`SessionLog::mark_replicated`]
+    /// covered is unwritten-and-writable. Everything pushed so far counts as replicated.
+    pub fn gate_on_replication(&mut self) {
+        self.replicated = Some(self.last_seq);
+    }
+
+    /// The replica acknowledged everything up to `seq`.
+    pub fn mark_replicated(&mut self, seq: Seq) {
+        if let Some(r) = &mut self.replicated {
+            *r = (*r).max(seq.0.min(self.last_seq));
+        }
+    }
+
+    /// Whether pushed events wait for their replica before they may be written.
+    pub fn awaits_replica(&self) -> bool {
+        self.replicated.is_some_and(|r| r < self.last_seq)
     }
 
     /// The seq of the oldest kept event (`last_seq + 1` when none is kept).
@@ -113,15 +146,59 @@ impl SessionLog {
         self.written + 1 < self.first_seq()
     }
 
-    /// The events not yet written, oldest first, with their seqs.
+    /// The events not yet written that may be written (with synchronous replication,
+    /// those the replica holds), oldest first, with their seqs.
     pub fn unwritten(&self) -> impl Iterator<Item = (Seq, &SharedEvent)> {
         let first = self.first_seq();
         let skip = usize::try_from(self.written.saturating_sub(first - 1)).unwrap_or(usize::MAX);
+        let upto = self.replicated.unwrap_or(u64::MAX);
         self.entries
             .iter()
             .enumerate()
             .skip(skip)
             .map(move |(i, e)| (Seq(first + i as u64), e))
+            .take_while(move |(s, _)| s.0 <= upto)
+    }
+
+    /// The kept events after `client`, oldest first, with their seqs: what a resume
+    /// from `client` replays (for handing the session to another node).
+    ///
+    /// # Errors
+    /// As [`SessionLog::rewind`]; nothing changes.
+    pub fn after(
+        &self,
+        client: Seq,
+    ) -> Result<impl Iterator<Item = (Seq, &SharedEvent)>, ResumeError> {
+        self.check_resume(client.0)?;
+        let first = self.first_seq();
+        let skip = usize::try_from(client.0 + 1 - first).unwrap_or(usize::MAX);
+        Ok(self
+            .entries
+            .iter()
+            .enumerate()
+            .skip(skip)
+            .map(move |(i, e)| (Seq(first + i as u64), e)))
+    }
+
+    /// The seq before the oldest kept event: the oldest `s` a client can resume from.
+    pub fn oldest_resumable(&self) -> Seq {
+        Seq(self.first_seq() - 1)
+    }
+
+    fn check_resume(&self, client: u64) -> Result<(), ResumeError> {
+        if client > self.last_seq {
+            return Err(ResumeError::Ahead {
+                client,
+                last: self.last_seq,
+            });
+        }
+        if client + 1 < self.first_seq() {
+            return Err(ResumeError::TooOld {
+                client,
+                oldest: self.first_seq(),
+            });
+        }
+        Ok(())
     }
 
     /// Records that everything up to `seq` was written.
@@ -148,20 +225,8 @@ impl SessionLog {
     /// Prepares a resume from the client's last seq: everything after it is unwritten
     /// again.
     pub fn rewind(&mut self, client: Seq) -> Result<(), ResumeError> {
-        let client = client.0;
-        if client > self.last_seq {
-            return Err(ResumeError::Ahead {
-                client,
-                last: self.last_seq,
-            });
-        }
-        if client + 1 < self.first_seq() {
-            return Err(ResumeError::TooOld {
-                client,
-                oldest: self.first_seq(),
-            });
-        }
-        self.written = client;
+        self.check_resume(client.0)?;
+        self.written = client.0;
         Ok(())
     }
 
@@ -250,6 +315,35 @@ mod tests {
         // The newest event is always kept, even if it alone is over the byte limit.
         by_bytes.push(ev(100));
         assert_eq!(by_bytes.kept().0, 1);
+    }
+
+    #[test]
+    fn with_replication_gated_only_replicated_events_are_written() {
+        let mut log = SessionLog::new(ReplayLimits::default());
+        log.push(ev(1));
+        log.gate_on_replication();
+        log.push(ev(1));
+        log.push(ev(1));
+        assert!(log.awaits_replica());
+        assert_eq!(unwritten(&log), vec![1]);
+        log.mark_replicated(Seq(2));
+        assert_eq!(unwritten(&log), vec![1, 2]);
+        log.mark_replicated(Seq(9));
+        assert_eq!(unwritten(&log), vec![1, 2, 3]);
+        assert!(!log.awaits_replica());
+        assert_eq!(log.pending(), 3);
+    }
+
+    #[test]
+    fn a_continued_log_starts_after_the_client_seq() {
+        let mut log = SessionLog::continuing_after(ReplayLimits::default(), Seq(41));
+        assert_eq!(log.push(ev(1)), Seq(42));
+        assert_eq!(unwritten(&log), vec![42]);
+        assert_eq!(log.oldest_resumable(), Seq(41));
+        let after: Vec<u64> = log.after(Seq(41)).unwrap().map(|(s, _)| s.0).collect();
+        assert_eq!(after, vec![42]);
+        assert!(log.after(Seq(40)).is_err());
+        assert!(log.after(Seq(43)).is_err());
     }
 
     #[test]

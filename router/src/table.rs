@@ -163,8 +163,24 @@ impl<S: Subscriber> TopicTable<S> {
         body: Bytes,
         now: Instant,
     ) -> Delivery<'_, S> {
+        let seq = self.seq(topic) + 1;
+        self.publish_sequenced(topic, seq, event_type, body, now)
+    }
+
+    /// Like [`TopicTable::publish`], for an event another node already sequenced (a
+    /// clustered guild's owner): it takes `seq`, normally the topic's last + 1. A gap or
+    /// a step back means the owner's sequence moved under this node (a resync); the
+    /// table follows the owner, and the node invalidates the guild's sessions.
+    pub fn publish_sequenced(
+        &mut self,
+        topic: Topic,
+        seq: u64,
+        event_type: &str,
+        body: Bytes,
+        now: Instant,
+    ) -> Delivery<'_, S> {
         let state = self.topics.entry(topic).or_default();
-        state.seq += 1;
+        state.seq = seq;
         let event = Arc::new(Event {
             topic: Some(topic),
             topic_seq: state.seq,

@@ -23,8 +23,27 @@
 //! ## Subscriptions
 //! The hub tells the router task when a guild's local subscriber count goes 0 -> 1
 //! and 1 -> 0 (not per session), so the router's own count is 0 or 1 per guild. That
-//! channel is unbounded on purpose: the router task waits on the hub to deliver, so the
-//! hub must never wait on the router; it carries one message per transition.
+//! channel ([`HubEvent`]) is unbounded on purpose: the router task waits on the hub to
+//! deliver, so the hub must never wait on the router.
+//!
+//! ## Session continuity
+//! The same channel carries the hub's replication ops, which this task sends as one
+//! [`SessionFrame::Ops`] per replica node per hub burst; a replica node applies them to
+//! its [`SessionReplicas`] and acknowledges the batch ([`HubInput::ReplicaAck`] on the
+//! host, which releases `sync`-gated writes). A client that resumes on a node that does
+//! not host its session ([`RouterHandle::resume`]):
+//! 1. the node asks the session partition's preference list, in order, for the session
+//!    ([`SessionFrame::ResumeRequest`]; a node on the list may be the asker itself);
+//! 2. a node with a replica asks the live host to let the session go
+//!    ([`SessionFrame::Release`]; the host's hub ends it and answers with its final
+//!    state: **migrated**) or, if the host is down or silent for [`RELEASE_TICKS`]
+//!    ticks, answers from its replica (**promoted**); a node that hosts the session
+//!    itself releases it directly;
+//! 3. the asker fetches what the replay needs from the guild logs (`LogFetch` to each
+//!    guild's owner) and rebuilds it with [`rebuild`]; the connection then hands the
+//!    session to the hub ([`HubInput::Adopt`]).
+//!
+//! Replicas of a host that went down are dropped one resume window later.
 //!
 //! ## What is clustered and what is not (yet)
 //! Guild events published over HTTP or gRPC go through the owner. User events, guild
@@ -34,23 +53,27 @@ pub mod auth;
 pub mod link;
 pub mod wire;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use concord_protocol::GuildId;
+use concord_protocol::{GuildId, SessionId, UserId};
 use concord_ring::Ring;
 use concord_ring::RingVersion;
 use concord_router::cluster::{
-    ClusterConfig, ClusterCounters, ClusterRouter, FrameKind, NodeId, Output, PeerFrame,
-    PublishError, PublishId,
+    ClusterConfig, ClusterCounters, ClusterRouter, FetchId, FrameKind, GuildEvent, NodeId, Output,
+    PeerFrame, PublishError, PublishId,
+};
+use concord_router::continuity::{
+    RebuildError, Rebuilt, ResumeRefusal, SessionFrame, SessionReplicas, SessionSnapshot, Takeover,
+    fetch_plan, rebuild,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{ClusterView, NodeState};
-use crate::hub::{HubHandle, HubInput};
+use crate::hub::{HubEvent, HubHandle, HubInput, session_nodes};
 
 #[cfg(doc)]
 use crate::grpc::pb;
@@ -66,6 +89,12 @@ pub const WAITING_BATCHES: usize = 256;
 pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 /// `resend_stale` period: a forward still unacknowledged one tick later is sent again.
 pub const TICK: Duration = Duration::from_secs(1);
+/// Ticks a directory waits for a live host to release a session before it promotes
+/// the replica instead (the host is presumed dead before membership says so).
+pub const RELEASE_TICKS: u32 = 3;
+/// Ticks a resume on another node may take (asking, releasing, fetching) before the
+/// client is told to identify again.
+pub const RESUME_TICKS: u32 = 10;
 
 /// Why a clustered guild publish failed. Nothing was delivered by this node for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -83,13 +112,94 @@ pub enum ClusterPublishError {
     ShuttingDown,
 }
 
-/// A change of this node's local subscriptions, from the hub.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SubscriptionChange {
-    /// The first local session joined the guild.
-    Subscribe(GuildId),
-    /// The last local session left the guild.
-    Unsubscribe(GuildId),
+/// A session resumed from another node: what the connection hands to the hub.
+#[derive(Debug)]
+pub struct RemoteResume {
+    /// The session's state, cut at the client's seq.
+    pub snapshot: SessionSnapshot,
+    /// Its replay and where each guild continues.
+    pub rebuilt: Rebuilt,
+    /// Whether the old host let it go or its replica was promoted.
+    pub takeover: Takeover,
+}
+
+/// Why a session could not be resumed from another node. Nothing changed here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RemoteResumeError {
+    /// No node knows the session (never existed, expired, or its replica was lost with
+    /// its host and `async` replication). Permanent: identify again.
+    #[error("no node knows this session")]
+    Unknown,
+    /// The client's seq is ahead of the session (close 4007). Permanent.
+    #[error("resume seq is ahead of the session")]
+    Ahead,
+    /// What follows the client's seq is no longer kept. Permanent.
+    #[error("resume seq is too old")]
+    TooOld,
+    /// An event the replay needs is in no guild log any more. Permanent.
+    #[error("replay lost: {0}")]
+    Lost(RebuildError),
+    /// The cluster did not answer within [`RESUME_TICKS`] ticks. Transient.
+    #[error("the cluster did not answer in time")]
+    TimedOut,
+    /// The node is shutting down.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+}
+
+impl From<ResumeRefusal> for RemoteResumeError {
+    fn from(r: ResumeRefusal) -> Self {
+        match r {
+            ResumeRefusal::Unknown => RemoteResumeError::Unknown,
+            ResumeRefusal::Ahead => RemoteResumeError::Ahead,
+            ResumeRefusal::TooOld => RemoteResumeError::TooOld,
+        }
+    }
+}
+
+/// What bounds the task's session replicas.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionSettings {
+    /// Most resumable `s` kept per replicated session (the replay limit).
+    pub max_entries: usize,
+    /// How long replicas of a dead host are kept.
+    pub resume_window: Duration,
+}
+
+type ResumeReply = oneshot::Sender<Result<RemoteResume, RemoteResumeError>>;
+
+/// A resume this node is carrying out for one of its clients.
+#[derive(Debug)]
+struct ResumeJob {
+    session: SessionId,
+    user: UserId,
+    client_seq: u64,
+    reply: ResumeReply,
+    /// Nodes still to ask, in order.
+    candidates: VecDeque<NodeId>,
+    /// Set once a node handed the session over: the replay's guild events are fetched.
+    fetching: Option<Fetching>,
+    ticks: u32,
+}
+
+#[derive(Debug)]
+struct Fetching {
+    snapshot: SessionSnapshot,
+    takeover: Takeover,
+    fetched: BTreeMap<GuildId, Vec<GuildEvent>>,
+    waiting: BTreeSet<FetchId>,
+}
+
+/// A release this node (as directory, or host) is waiting for.
+#[derive(Debug)]
+struct PendingRelease {
+    asker: NodeId,
+    asker_request: u64,
+    session: SessionId,
+    client_seq: u64,
+    /// The host asked (this node when it asked its own hub).
+    host: NodeId,
+    ticks: u32,
 }
 
 /// What the router task is told.
@@ -113,10 +223,17 @@ pub enum Input {
         /// The frames, in order.
         frames: Vec<PeerFrame>,
     },
-    /// The first local session joined a guild.
-    LocalSubscribe(GuildId),
-    /// The last local session left a guild.
-    LocalUnsubscribe(GuildId),
+    /// A client resumed a session this node does not host.
+    Resume {
+        /// The session.
+        session: SessionId,
+        /// The user its token names.
+        user: UserId,
+        /// The client's last `s`.
+        client_seq: u64,
+        /// Gets the rebuilt session, or why not.
+        reply: ResumeReply,
+    },
     /// The cluster view changed (maybe the ring, maybe a node went down).
     ViewChanged,
     /// Timer: resend stale forwards.
@@ -137,6 +254,8 @@ pub enum Input {
         /// The link's id; ignored if a newer link replaced it.
         link: u64,
     },
+    /// Something the hub reported.
+    Hub(HubEvent),
     /// Read the router's counters (answered after every earlier input is applied and
     /// flushed).
     Counters {
@@ -178,6 +297,30 @@ impl RouterHandle {
             Ok(Err(_)) => Err(ClusterPublishError::ShuttingDown),
             Err(_) => Err(ClusterPublishError::TimedOut),
         }
+    }
+
+    /// Resumes a session this node does not host from the node that does, or from its
+    /// replica (see the module docs).
+    ///
+    /// # Errors
+    /// See [`RemoteResumeError`].
+    pub async fn resume(
+        &self,
+        session: SessionId,
+        user: UserId,
+        client_seq: u64,
+    ) -> Result<RemoteResume, RemoteResumeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Input::Resume {
+                session,
+                user,
+                client_seq,
+                reply,
+            })
+            .await
+            .map_err(|_| RemoteResumeError::ShuttingDown)?;
+        rx.await.map_err(|_| RemoteResumeError::ShuttingDown)?
     }
 
     /// The router's counters so far (frames sent by kind, fan-out events, ...).
@@ -231,11 +374,30 @@ pub struct RouterTask {
     replies: HashMap<PublishId, oneshot::Sender<Result<u64, ClusterPublishError>>>,
     next_publish_id: u64,
     exported: ClusterCounters,
+    replicas: SessionReplicas,
+    settings: SessionSettings,
+    resumes: HashMap<u64, ResumeJob>,
+    releases: HashMap<u64, PendingRelease>,
+    fetches: HashMap<FetchId, u64>,
+    next_request: u64,
+    /// Hosts that went down, and when their replicas are dropped.
+    orphans: VecDeque<(Instant, NodeId)>,
+    /// Releases to ask this node's hub for (sent with the outputs: the hub is awaited).
+    hub_releases: Vec<(u64, SessionId, UserId)>,
+    /// Replica acks to hand to the hub.
+    acks: Vec<(NodeId, u64)>,
+    /// Releases our hub is doing for another node: our id -> (that node, its id).
+    remote_releases: HashMap<u64, (NodeId, u64)>,
 }
 
 impl RouterTask {
     /// A router task for node `me`, delivering to `hub`, following `view`.
-    pub fn new(me: NodeId, hub: HubHandle, view: watch::Receiver<Arc<ClusterView>>) -> Self {
+    pub fn new(
+        me: NodeId,
+        hub: HubHandle,
+        view: watch::Receiver<Arc<ClusterView>>,
+        settings: SessionSettings,
+    ) -> Self {
         let ring = view.borrow().ring.clone();
         let ring_version = view.borrow().ring_version();
         RouterTask {
@@ -250,14 +412,24 @@ impl RouterTask {
             replies: HashMap::new(),
             next_publish_id: 0,
             exported: ClusterCounters::default(),
+            replicas: SessionReplicas::new(settings.max_entries),
+            settings,
+            resumes: HashMap::new(),
+            releases: HashMap::new(),
+            fetches: HashMap::new(),
+            next_request: 0,
+            orphans: VecDeque::new(),
+            hub_releases: Vec::new(),
+            acks: Vec::new(),
+            remote_releases: HashMap::new(),
         }
     }
 
     /// Starts the task; it ends on `stop` or when every handle is dropped. `subs` is
-    /// where the hub reports subscription changes ([`crate::hub::Hub::with_subscriptions`]).
+    /// where the hub reports to it ([`crate::hub::Hub::clustered`]).
     pub fn spawn(
         self,
-        subs: mpsc::UnboundedReceiver<SubscriptionChange>,
+        subs: mpsc::UnboundedReceiver<HubEvent>,
         stop: CancellationToken,
     ) -> (RouterHandle, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(ROUTER_QUEUE);
@@ -268,7 +440,7 @@ impl RouterTask {
     async fn run(
         mut self,
         mut rx: mpsc::Receiver<Input>,
-        mut subs: mpsc::UnboundedReceiver<SubscriptionChange>,
+        mut subs: mpsc::UnboundedReceiver<HubEvent>,
         stop: CancellationToken,
     ) {
         let mut tick = tokio::time::interval(TICK);
@@ -278,14 +450,14 @@ impl RouterTask {
             tokio::select! {
                 () = stop.cancelled() => break,
                 n = rx.recv_many(&mut burst, 256) => if n == 0 { break },
-                Some(change) = subs.recv() => burst.push(change.into()),
+                Some(event) = subs.recv() => burst.push(Input::Hub(event)),
                 Ok(()) = self.view.changed() => burst.push(Input::ViewChanged),
                 _ = tick.tick() => burst.push(Input::Tick),
             }
             // Subscription changes first: a join the hub already applied must reach the
             // router before the events that follow it.
-            while let Ok(change) = subs.try_recv() {
-                burst.push(change.into());
+            while let Ok(event) = subs.try_recv() {
+                burst.push(Input::Hub(event));
             }
             let mut counters_replies = Vec::new();
             for input in burst.drain(..) {
@@ -306,6 +478,9 @@ impl RouterTask {
         }
         for (_, reply) in self.replies.drain() {
             let _ = reply.send(Err(ClusterPublishError::ShuttingDown));
+        }
+        for (_, job) in self.resumes.drain() {
+            let _ = job.reply.send(Err(RemoteResumeError::ShuttingDown));
         }
     }
 
@@ -330,13 +505,24 @@ impl RouterTask {
             }
             Input::PeerFrames { from, frames } => {
                 for frame in frames {
-                    self.router.peer_frame(&from, frame);
+                    match frame {
+                        PeerFrame::Session(f) => self.session_frame(&from, f),
+                        frame => self.router.peer_frame(&from, frame),
+                    }
                 }
             }
-            Input::LocalSubscribe(guild) => self.router.local_subscribe(guild),
-            Input::LocalUnsubscribe(guild) => self.router.local_unsubscribe(guild),
+            Input::Hub(event) => self.hub_event(event),
+            Input::Resume {
+                session,
+                user,
+                client_seq,
+                reply,
+            } => self.start_resume(session, user, client_seq, reply),
             Input::ViewChanged => self.view_changed(),
-            Input::Tick => self.router.resend_stale(),
+            Input::Tick => {
+                self.router.resend_stale();
+                self.session_tick();
+            }
             Input::LinkUp { node, link, tx } => {
                 let old = self.links.insert(
                     node.clone(),
@@ -378,6 +564,7 @@ impl RouterTask {
                 if self.down.insert(m.node_id.clone()) {
                     self.router.peer_down(&m.node_id);
                     self.links.remove(&m.node_id);
+                    self.host_down(&m.node_id);
                 }
             } else {
                 self.down.remove(&m.node_id);
@@ -390,6 +577,392 @@ impl RouterTask {
         }
     }
 
+    fn hub_event(&mut self, event: HubEvent) {
+        match event {
+            HubEvent::Subscribe(guild, None) => self.router.local_subscribe(guild),
+            HubEvent::Subscribe(guild, Some(after)) => {
+                self.router.local_subscribe_from(guild, after);
+            }
+            HubEvent::Unsubscribe(guild) => self.router.local_unsubscribe(guild),
+            HubEvent::Ops { to, batch, ops } => {
+                crate::metrics::session_ops(ops.len());
+                self.send_session(to, SessionFrame::Ops { batch, ops });
+            }
+            HubEvent::Released {
+                request,
+                session,
+                snapshot,
+            } => match self.remote_releases.remove(&request) {
+                Some((directory, request)) => self.send_session(
+                    directory,
+                    SessionFrame::Released {
+                        request,
+                        session,
+                        snapshot,
+                    },
+                ),
+                None => self.released(request, session, snapshot),
+            },
+        }
+    }
+
+    fn send_session(&mut self, to: NodeId, frame: SessionFrame) {
+        crate::metrics::peer_frames(FrameKind::Session.as_str(), 1);
+        self.outbox
+            .entry(to)
+            .or_default()
+            .push(PeerFrame::Session(frame));
+    }
+
+    fn session_frame(&mut self, from: &NodeId, frame: SessionFrame) {
+        match frame {
+            SessionFrame::Ops { batch, ops } => {
+                for op in ops {
+                    self.replicas.apply(from, op);
+                }
+                self.send_session(from.clone(), SessionFrame::OpsAck { batch });
+            }
+            SessionFrame::OpsAck { batch } => {
+                // Sent with the outputs (the hub is awaited there).
+                self.acks.push((from.clone(), batch));
+            }
+            SessionFrame::ResumeRequest {
+                request,
+                session,
+                user,
+                client_seq,
+            } => self.resume_request(from.clone(), request, session, user, client_seq),
+            SessionFrame::ResumeAnswer { request, answer } => self.resume_answer(request, answer),
+            SessionFrame::Release {
+                request,
+                session,
+                user,
+            } => {
+                // A directory asks our hub to let a session go; its answer goes back.
+                let local = self.next_request();
+                self.remote_releases.insert(local, (from.clone(), request));
+                self.hub_releases.push((local, session, user));
+            }
+            SessionFrame::Released {
+                request,
+                session,
+                snapshot,
+            } => {
+                // Only the host we asked may answer.
+                let expected = self
+                    .releases
+                    .get(&request)
+                    .is_some_and(|p| &p.host == from && p.session == session);
+                if expected {
+                    self.released(request, session, snapshot);
+                }
+            }
+        }
+    }
+
+    fn next_request(&mut self) -> u64 {
+        self.next_request += 1;
+        self.next_request
+    }
+
+    fn start_resume(
+        &mut self,
+        session: SessionId,
+        user: UserId,
+        client_seq: u64,
+        reply: ResumeReply,
+    ) {
+        let ring = self.view.borrow().ring.clone();
+        let candidates: VecDeque<NodeId> = ring
+            .map(|r| session_nodes(&r, session))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| !self.down.contains(n))
+            .collect();
+        let id = self.next_request();
+        self.resumes.insert(
+            id,
+            ResumeJob {
+                session,
+                user,
+                client_seq,
+                reply,
+                candidates,
+                fetching: None,
+                ticks: 0,
+            },
+        );
+        self.ask_next(id);
+    }
+
+    /// Asks the next candidate for the session of resume `id`, or ends it.
+    fn ask_next(&mut self, id: u64) {
+        let Some(job) = self.resumes.get_mut(&id) else {
+            return;
+        };
+        let (session, user, client_seq) = (job.session, job.user, job.client_seq);
+        match job.candidates.pop_front() {
+            None => self.finish_resume(id, Err(RemoteResumeError::Unknown)),
+            Some(node) if node == self.me => {
+                let me = self.me.clone();
+                self.resume_request(me, id, session, user, client_seq);
+            }
+            Some(node) => self.send_session(
+                node,
+                SessionFrame::ResumeRequest {
+                    request: id,
+                    session,
+                    user,
+                    client_seq,
+                },
+            ),
+        }
+    }
+
+    /// Someone (maybe this node) asks for a session: release it from its live host,
+    /// promote our replica, or ask our own hub whether it hosts it.
+    fn resume_request(
+        &mut self,
+        asker: NodeId,
+        asker_request: u64,
+        session: SessionId,
+        user: UserId,
+        client_seq: u64,
+    ) {
+        let rid = self.next_request();
+        let host = self
+            .replicas
+            .host_of(session)
+            .filter(|_| self.replicas.user_of(session) == Some(user))
+            .cloned();
+        let host = match host {
+            Some(host) if self.down.contains(&host) => {
+                let answer = self.replica_answer(session, client_seq);
+                self.answer(asker, asker_request, answer);
+                return;
+            }
+            Some(host) => host,
+            // Not replicated here: perhaps hosted here.
+            None => {
+                self.hub_releases.push((rid, session, user));
+                self.me.clone()
+            }
+        };
+        if host != self.me {
+            self.send_session(
+                host.clone(),
+                SessionFrame::Release {
+                    request: rid,
+                    session,
+                    user,
+                },
+            );
+        }
+        self.releases.insert(
+            rid,
+            PendingRelease {
+                asker,
+                asker_request,
+                session,
+                client_seq,
+                host,
+                ticks: 0,
+            },
+        );
+    }
+
+    /// Our replica of `session` cut at `client_seq`, as a promotion.
+    fn replica_answer(
+        &self,
+        session: SessionId,
+        client_seq: u64,
+    ) -> Result<(SessionSnapshot, Takeover), ResumeRefusal> {
+        self.replicas
+            .snapshot(session, client_seq)
+            .map(|(_, snap)| (snap, Takeover::Promoted))
+            .map_err(ResumeRefusal::from)
+    }
+
+    /// The host answered a release (or was given up on: `snapshot` is `None`).
+    fn released(
+        &mut self,
+        request: u64,
+        session: SessionId,
+        snapshot: Option<Box<SessionSnapshot>>,
+    ) {
+        let Some(p) = self.releases.remove(&request) else {
+            // Not ours: a host answering a directory's Release through this task.
+            return;
+        };
+        let answer = match snapshot {
+            Some(snap) => snap
+                .cut(p.client_seq)
+                .map(|s| (s, Takeover::Migrated))
+                .map_err(ResumeRefusal::from),
+            None if p.host == self.me || self.replicas.host_of(session).is_none() => {
+                Err(ResumeRefusal::Unknown)
+            }
+            None => self.replica_answer(session, p.client_seq),
+        };
+        self.answer(p.asker, p.asker_request, answer);
+    }
+
+    fn answer(
+        &mut self,
+        asker: NodeId,
+        request: u64,
+        answer: Result<(SessionSnapshot, Takeover), ResumeRefusal>,
+    ) {
+        if asker == self.me {
+            self.resume_answer(request, answer);
+        } else {
+            self.send_session(asker, SessionFrame::ResumeAnswer { request, answer });
+        }
+    }
+
+    /// A node answered one of our resumes.
+    fn resume_answer(
+        &mut self,
+        request: u64,
+        answer: Result<(SessionSnapshot, Takeover), ResumeRefusal>,
+    ) {
+        let Some(job) = self.resumes.get_mut(&request) else {
+            return; // Late: it timed out.
+        };
+        if job.fetching.is_some() {
+            return; // Answered twice.
+        }
+        let (snapshot, takeover) = match answer {
+            Ok(x) => x,
+            Err(ResumeRefusal::Unknown) => return self.ask_next(request),
+            Err(e) => return self.finish_resume(request, Err(e.into())),
+        };
+        let plan = fetch_plan(&snapshot);
+        let mut waiting = BTreeSet::new();
+        let mut ids = Vec::new();
+        for (guild, after) in plan {
+            self.next_request += 1;
+            let fetch = FetchId(self.next_request);
+            waiting.insert(fetch);
+            ids.push((guild, after, fetch));
+        }
+        job.fetching = Some(Fetching {
+            snapshot,
+            takeover,
+            fetched: BTreeMap::new(),
+            waiting,
+        });
+        if ids.is_empty() {
+            return self.complete_resume(request);
+        }
+        for (guild, after, fetch) in ids {
+            self.fetches.insert(fetch, request);
+            self.router.fetch(guild, after, fetch);
+        }
+    }
+
+    fn fetched(&mut self, fetch: FetchId, guild: GuildId, events: Vec<GuildEvent>) {
+        let Some(request) = self.fetches.remove(&fetch) else {
+            return;
+        };
+        let Some(f) = self
+            .resumes
+            .get_mut(&request)
+            .and_then(|j| j.fetching.as_mut())
+        else {
+            return;
+        };
+        f.fetched.insert(guild, events);
+        f.waiting.remove(&fetch);
+        if f.waiting.is_empty() {
+            self.complete_resume(request);
+        }
+    }
+
+    fn complete_resume(&mut self, request: u64) {
+        let Some(f) = self
+            .resumes
+            .get_mut(&request)
+            .and_then(|j| j.fetching.take())
+        else {
+            return;
+        };
+        let result = match rebuild(&f.snapshot, &f.fetched) {
+            Ok(rebuilt) => Ok(RemoteResume {
+                snapshot: f.snapshot,
+                rebuilt,
+                takeover: f.takeover,
+            }),
+            Err(e) => Err(RemoteResumeError::Lost(e)),
+        };
+        self.finish_resume(request, result);
+    }
+
+    fn finish_resume(&mut self, request: u64, result: Result<RemoteResume, RemoteResumeError>) {
+        let Some(job) = self.resumes.remove(&request) else {
+            return;
+        };
+        if let Some(f) = &job.fetching {
+            for fetch in &f.waiting {
+                self.fetches.remove(fetch);
+                self.router.cancel_fetch(*fetch);
+            }
+        }
+        let _ = job.reply.send(result);
+    }
+
+    /// A host went down: releases waiting for it promote, and its replicas are dropped
+    /// one resume window from now.
+    fn host_down(&mut self, node: &NodeId) {
+        let waiting: Vec<(u64, SessionId)> = self
+            .releases
+            .iter()
+            .filter(|(_, p)| &p.host == node)
+            .map(|(id, p)| (*id, p.session))
+            .collect();
+        for (id, session) in waiting {
+            self.released(id, session, None);
+        }
+        self.orphans
+            .push_back((Instant::now() + self.settings.resume_window, node.clone()));
+    }
+
+    fn session_tick(&mut self) {
+        let silent: Vec<(u64, SessionId)> = self
+            .releases
+            .iter_mut()
+            .filter_map(|(id, p)| {
+                p.ticks += 1;
+                (p.ticks > RELEASE_TICKS && p.host != self.me).then_some((*id, p.session))
+            })
+            .collect();
+        for (id, session) in silent {
+            tracing::warn!(%session, "session host did not release it in time; promoting its replica");
+            self.released(id, session, None);
+        }
+        let late: Vec<u64> = self
+            .resumes
+            .iter_mut()
+            .filter_map(|(id, j)| {
+                j.ticks += 1;
+                (j.ticks > RESUME_TICKS).then_some(*id)
+            })
+            .collect();
+        for id in late {
+            self.finish_resume(id, Err(RemoteResumeError::TimedOut));
+        }
+        let now = Instant::now();
+        while self.orphans.front().is_some_and(|(at, _)| *at <= now) {
+            if let Some((_, node)) = self.orphans.pop_front()
+                && self.down.contains(&node)
+            {
+                let n = self.replicas.drop_host(&node);
+                tracing::info!(host = %node, sessions = n, "dropped the session replicas of a dead host");
+            }
+        }
+        crate::metrics::session_replicas(self.replicas.len());
+    }
+
     async fn drain_outputs(&mut self) {
         while let Some(out) = self.router.poll_output() {
             match out {
@@ -398,6 +971,7 @@ impl RouterTask {
                     // Waits if the hub is busy: it never waits on this task, so no cycle.
                     let input = HubInput::DeliverSequenced {
                         guild: event.guild,
+                        seq: event.seq.0,
                         event_type: event.event_type.as_ref().into(),
                         body: event.body,
                     };
@@ -434,6 +1008,32 @@ impl RouterTask {
                         tracing::debug!("hub stopped; cannot invalidate sessions");
                     }
                 }
+                Output::Fetched {
+                    fetch,
+                    guild,
+                    events,
+                } => self.fetched(fetch, guild, events),
+            }
+        }
+        for (node, batch) in std::mem::take(&mut self.acks) {
+            if self
+                .hub
+                .send(HubInput::ReplicaAck { node, batch })
+                .await
+                .is_err()
+            {
+                tracing::debug!("hub stopped; dropping a replica ack");
+            }
+        }
+        // Releases this task asked its own hub for.
+        for (request, session, user) in std::mem::take(&mut self.hub_releases) {
+            let input = HubInput::Release {
+                request,
+                session,
+                user,
+            };
+            if self.hub.send(input).await.is_err() {
+                tracing::debug!("hub stopped; cannot release a session");
             }
         }
     }
@@ -485,14 +1085,5 @@ impl RouterTask {
         }
         crate::metrics::peer_router_counters(&self.exported, now);
         self.exported = now.clone();
-    }
-}
-
-impl From<SubscriptionChange> for Input {
-    fn from(c: SubscriptionChange) -> Input {
-        match c {
-            SubscriptionChange::Subscribe(g) => Input::LocalSubscribe(g),
-            SubscriptionChange::Unsubscribe(g) => Input::LocalUnsubscribe(g),
-        }
     }
 }

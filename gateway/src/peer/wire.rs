@@ -5,8 +5,14 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use concord_protocol::GuildId;
-use concord_router::cluster::{GuildEvent, GuildSeq, NodeId, PeerFrame, PublishError, PublishId};
+use concord_protocol::{GuildId, SessionId, UserId};
+use concord_router::Topic;
+use concord_router::cluster::{
+    FetchId, GuildEvent, GuildSeq, NodeId, PeerFrame, PublishError, PublishId,
+};
+use concord_router::continuity::{
+    Entry, ResumeRefusal, SessionFrame, SessionIdentity, SessionOp, SessionSnapshot, Takeover,
+};
 
 use crate::grpc::pb;
 use pb::peer_frame::Kind;
@@ -27,6 +33,13 @@ pub enum WireError {
     /// An unknown or unspecified publish error code.
     #[error("peer frame carries unknown publish error code {0}")]
     ErrorCode(i32),
+    /// A session id that is not 16 bytes.
+    #[error("peer frame carries a session id of {0} bytes (16 expected)")]
+    SessionId(usize),
+    /// A session message without a part it cannot do without (identity, topic, entry,
+    /// op kind, or a known takeover or refusal code).
+    #[error("peer frame lacks its {0}")]
+    Missing(&'static str),
 }
 
 /// A batch of frames as one message.
@@ -120,8 +133,299 @@ pub fn encode(frame: PeerFrame) -> pb::PeerFrame {
             events: events.into_iter().map(encode_event).collect(),
             last_seq: last_seq.0,
         }),
+        PeerFrame::LogFetch {
+            guild,
+            after,
+            fetch,
+        } => Kind::LogFetch(pb::LogFetch {
+            guild_id: guild.0,
+            after: after.0,
+            fetch: fetch.0,
+        }),
+        PeerFrame::LogFetched {
+            guild,
+            fetch,
+            events,
+        } => Kind::LogFetched(pb::LogFetched {
+            guild_id: guild.0,
+            fetch: fetch.0,
+            events: events.into_iter().map(encode_event).collect(),
+        }),
+        PeerFrame::Session(f) => encode_session(f),
     };
     pb::PeerFrame { kind: Some(kind) }
+}
+
+fn encode_session(frame: SessionFrame) -> Kind {
+    match frame {
+        SessionFrame::Ops { batch, ops } => Kind::SessionOps(pb::SessionOps {
+            batch,
+            ops: ops.into_iter().map(encode_op).collect(),
+        }),
+        SessionFrame::OpsAck { batch } => Kind::SessionOpsAck(pb::SessionOpsAck { batch }),
+        SessionFrame::ResumeRequest {
+            request,
+            session,
+            user,
+            client_seq,
+        } => Kind::ResumeRequest(pb::ResumeRequest {
+            request,
+            session_id: sid(session),
+            client_seq,
+            user_id: user.0,
+        }),
+        SessionFrame::ResumeAnswer { request, answer } => {
+            let (snapshot, takeover, refusal) = match answer {
+                Ok((snap, t)) => (
+                    Some(encode_snapshot(snap)),
+                    match t {
+                        Takeover::Migrated => pb::Takeover::Migrated,
+                        Takeover::Promoted => pb::Takeover::Promoted,
+                    },
+                    pb::ResumeRefusal::None,
+                ),
+                Err(r) => (
+                    None,
+                    pb::Takeover::Unspecified,
+                    match r {
+                        ResumeRefusal::Unknown => pb::ResumeRefusal::Unknown,
+                        ResumeRefusal::Ahead => pb::ResumeRefusal::Ahead,
+                        ResumeRefusal::TooOld => pb::ResumeRefusal::TooOld,
+                    },
+                ),
+            };
+            Kind::ResumeAnswer(pb::ResumeAnswer {
+                request,
+                snapshot,
+                takeover: takeover as i32,
+                refusal: refusal as i32,
+            })
+        }
+        SessionFrame::Release {
+            request,
+            session,
+            user,
+        } => Kind::Release(pb::Release {
+            request,
+            session_id: sid(session),
+            user_id: user.0,
+        }),
+        SessionFrame::Released {
+            request,
+            session,
+            snapshot,
+        } => Kind::Released(pb::Released {
+            request,
+            session_id: sid(session),
+            snapshot: snapshot.map(|s| encode_snapshot(*s)),
+        }),
+    }
+}
+
+fn sid(id: SessionId) -> Vec<u8> {
+    id.0.to_be_bytes().to_vec()
+}
+
+fn decode_sid(bytes: &[u8]) -> Result<SessionId, WireError> {
+    let raw: [u8; 16] = bytes
+        .try_into()
+        .map_err(|_| WireError::SessionId(bytes.len()))?;
+    Ok(SessionId(u128::from_be_bytes(raw)))
+}
+
+fn encode_snapshot(s: SessionSnapshot) -> pb::SessionSnapshot {
+    pb::SessionSnapshot {
+        identity: Some(pb::SessionIdentity {
+            session_id: sid(s.identity.id),
+            user_id: s.identity.user.0,
+            username: s.identity.username.to_string(),
+            bot: s.identity.bot,
+            intents: s.identity.intents,
+        }),
+        guilds: s
+            .guilds
+            .into_iter()
+            .map(|(g, c)| pb::GuildCursor {
+                guild_id: g.0,
+                seq: c.0,
+            })
+            .collect(),
+        passive: s.passive.into_iter().map(|g| g.0).collect(),
+        base_seq: s.base_seq,
+        entries: s
+            .entries
+            .into_iter()
+            .map(|e| pb::SessionEntry {
+                kind: Some(match e {
+                    Entry::Guild { guild, seq } => {
+                        pb::session_entry::Kind::Guild(pb::GuildCursor {
+                            guild_id: guild.0,
+                            seq: seq.0,
+                        })
+                    }
+                    Entry::Inline { event_type, body } => {
+                        pb::session_entry::Kind::Inline(pb::InlineEvent {
+                            event_type: event_type.to_string(),
+                            body: body.to_vec(),
+                        })
+                    }
+                }),
+            })
+            .collect(),
+    }
+}
+
+fn decode_snapshot(s: pb::SessionSnapshot) -> Result<SessionSnapshot, WireError> {
+    let id = s.identity.ok_or(WireError::Missing("session identity"))?;
+    let entries = s
+        .entries
+        .into_iter()
+        .map(
+            |e| match e.kind.ok_or(WireError::Missing("session entry"))? {
+                pb::session_entry::Kind::Guild(c) => Ok(Entry::Guild {
+                    guild: GuildId(c.guild_id),
+                    seq: GuildSeq(c.seq),
+                }),
+                pb::session_entry::Kind::Inline(i) => Ok(Entry::Inline {
+                    event_type: Arc::from(i.event_type),
+                    body: Bytes::from(i.body),
+                }),
+            },
+        )
+        .collect::<Result<_, WireError>>()?;
+    Ok(SessionSnapshot {
+        identity: SessionIdentity {
+            id: decode_sid(&id.session_id)?,
+            user: UserId(id.user_id),
+            username: Arc::from(id.username),
+            bot: id.bot,
+            intents: id.intents,
+        },
+        guilds: s
+            .guilds
+            .into_iter()
+            .map(|c| (GuildId(c.guild_id), GuildSeq(c.seq)))
+            .collect(),
+        passive: s.passive.into_iter().map(GuildId).collect(),
+        base_seq: s.base_seq,
+        entries,
+    })
+}
+
+fn encode_op(op: SessionOp) -> pb::SessionOp {
+    use pb::session_op::Kind as K;
+    let kind = match op {
+        SessionOp::Open(snap) => K::Open(encode_snapshot(*snap)),
+        SessionOp::Push {
+            session,
+            event_type,
+            body,
+        } => K::Push(pb::OpPush {
+            session_id: sid(session),
+            event_type: event_type.to_string(),
+            body: body.to_vec(),
+        }),
+        SessionOp::Deliver {
+            topic,
+            seq,
+            event_type,
+            body,
+        } => K::Deliver(pb::OpDeliver {
+            topic: Some(match topic {
+                Topic::Guild(g) => pb::op_deliver::Topic::GuildId(g.0),
+                Topic::User(u) => pb::op_deliver::Topic::UserId(u.0),
+            }),
+            seq,
+            event_type: event_type.to_string(),
+            body: body.map(|b| b.to_vec()),
+        }),
+        SessionOp::Join {
+            session,
+            guild,
+            after,
+        } => K::Join(pb::OpJoin {
+            session_id: sid(session),
+            guild_id: guild.0,
+            after: after.0,
+        }),
+        SessionOp::Leave { session, guild } => K::Leave(pb::OpLeave {
+            session_id: sid(session),
+            guild_id: guild.0,
+        }),
+        SessionOp::Passive {
+            session,
+            guild,
+            passive,
+        } => K::Passive(pb::OpPassive {
+            session_id: sid(session),
+            guild_id: guild.0,
+            passive,
+        }),
+        SessionOp::End { session } => K::End(pb::OpEnd {
+            session_id: sid(session),
+        }),
+    };
+    pb::SessionOp { kind: Some(kind) }
+}
+
+fn decode_op(op: pb::SessionOp) -> Result<SessionOp, WireError> {
+    use pb::session_op::Kind as K;
+    Ok(match op.kind.ok_or(WireError::Missing("session op"))? {
+        K::Open(s) => SessionOp::Open(Box::new(decode_snapshot(s)?)),
+        K::Push(p) => SessionOp::Push {
+            session: decode_sid(&p.session_id)?,
+            event_type: Arc::from(p.event_type),
+            body: Bytes::from(p.body),
+        },
+        K::Deliver(d) => SessionOp::Deliver {
+            topic: match d.topic.ok_or(WireError::Missing("topic"))? {
+                pb::op_deliver::Topic::GuildId(g) => Topic::Guild(GuildId(g)),
+                pb::op_deliver::Topic::UserId(u) => Topic::User(UserId(u)),
+            },
+            seq: d.seq,
+            event_type: Arc::from(d.event_type),
+            body: d.body.map(Bytes::from),
+        },
+        K::Join(j) => SessionOp::Join {
+            session: decode_sid(&j.session_id)?,
+            guild: GuildId(j.guild_id),
+            after: GuildSeq(j.after),
+        },
+        K::Leave(l) => SessionOp::Leave {
+            session: decode_sid(&l.session_id)?,
+            guild: GuildId(l.guild_id),
+        },
+        K::Passive(p) => SessionOp::Passive {
+            session: decode_sid(&p.session_id)?,
+            guild: GuildId(p.guild_id),
+            passive: p.passive,
+        },
+        K::End(e) => SessionOp::End {
+            session: decode_sid(&e.session_id)?,
+        },
+    })
+}
+
+fn decode_answer(
+    a: pb::ResumeAnswer,
+) -> Result<Result<(SessionSnapshot, Takeover), ResumeRefusal>, WireError> {
+    let refusal = match pb::ResumeRefusal::try_from(a.refusal) {
+        Ok(pb::ResumeRefusal::None) => None,
+        Ok(pb::ResumeRefusal::Unknown) => Some(ResumeRefusal::Unknown),
+        Ok(pb::ResumeRefusal::Ahead) => Some(ResumeRefusal::Ahead),
+        Ok(pb::ResumeRefusal::TooOld) => Some(ResumeRefusal::TooOld),
+        Err(_) => return Err(WireError::Missing("resume refusal code")),
+    };
+    if let Some(r) = refusal {
+        return Ok(Err(r));
+    }
+    let takeover = match pb::Takeover::try_from(a.takeover) {
+        Ok(pb::Takeover::Migrated) => Takeover::Migrated,
+        Ok(pb::Takeover::Promoted) => Takeover::Promoted,
+        _ => return Err(WireError::Missing("takeover kind")),
+    };
+    let snap = a.snapshot.ok_or(WireError::Missing("resume snapshot"))?;
+    Ok(Ok((decode_snapshot(snap)?, takeover)))
 }
 
 /// One frame from protobuf.
@@ -184,6 +488,44 @@ pub fn decode(frame: pb::PeerFrame) -> Result<PeerFrame, WireError> {
             events: decode_events(t.events)?,
             last_seq: GuildSeq(t.last_seq),
         },
+        Kind::LogFetch(f) => PeerFrame::LogFetch {
+            guild: GuildId(f.guild_id),
+            after: GuildSeq(f.after),
+            fetch: FetchId(f.fetch),
+        },
+        Kind::LogFetched(f) => PeerFrame::LogFetched {
+            guild: GuildId(f.guild_id),
+            fetch: FetchId(f.fetch),
+            events: decode_events(f.events)?,
+        },
+        Kind::SessionOps(o) => PeerFrame::Session(SessionFrame::Ops {
+            batch: o.batch,
+            ops: o.ops.into_iter().map(decode_op).collect::<Result<_, _>>()?,
+        }),
+        Kind::SessionOpsAck(a) => PeerFrame::Session(SessionFrame::OpsAck { batch: a.batch }),
+        Kind::ResumeRequest(r) => PeerFrame::Session(SessionFrame::ResumeRequest {
+            request: r.request,
+            session: decode_sid(&r.session_id)?,
+            user: UserId(r.user_id),
+            client_seq: r.client_seq,
+        }),
+        Kind::ResumeAnswer(a) => PeerFrame::Session(SessionFrame::ResumeAnswer {
+            request: a.request,
+            answer: decode_answer(a)?,
+        }),
+        Kind::Release(r) => PeerFrame::Session(SessionFrame::Release {
+            request: r.request,
+            session: decode_sid(&r.session_id)?,
+            user: UserId(r.user_id),
+        }),
+        Kind::Released(r) => PeerFrame::Session(SessionFrame::Released {
+            request: r.request,
+            session: decode_sid(&r.session_id)?,
+            snapshot: match r.snapshot {
+                Some(s) => Some(Box::new(decode_snapshot(s)?)),
+                None => None,
+            },
+        }),
     })
 }
 
@@ -323,7 +665,114 @@ mod tests {
                 events: Vec::new(),
                 last_seq: GuildSeq(0),
             },
+            PeerFrame::LogFetch {
+                guild: g,
+                after: GuildSeq(3),
+                fetch: FetchId(8),
+            },
+            PeerFrame::LogFetched {
+                guild: g,
+                fetch: FetchId(8),
+                events: vec![event(4)],
+            },
         ];
+        let sid = SessionId(0x0123_4567_89ab_cdef_0011_2233_4455_6677);
+        let snapshot = SessionSnapshot {
+            identity: SessionIdentity {
+                id: sid,
+                user: UserId(42),
+                username: "alice".into(),
+                bot: true,
+                intents: 513,
+            },
+            guilds: vec![(g, GuildSeq(9))],
+            passive: vec![GuildId(8)],
+            base_seq: 4,
+            entries: vec![
+                Entry::Guild {
+                    guild: g,
+                    seq: GuildSeq(9),
+                },
+                Entry::Inline {
+                    event_type: "GUILD_CREATE".into(),
+                    body: Bytes::from_static(b"{}"),
+                },
+            ],
+        };
+        let ops = vec![
+            SessionOp::Open(Box::new(snapshot.clone())),
+            SessionOp::Push {
+                session: sid,
+                event_type: "RESUMED".into(),
+                body: Bytes::from_static(b"{}"),
+            },
+            SessionOp::Deliver {
+                topic: Topic::Guild(g),
+                seq: 10,
+                event_type: "MESSAGE_CREATE".into(),
+                body: None,
+            },
+            SessionOp::Deliver {
+                topic: Topic::User(UserId(42)),
+                seq: 3,
+                event_type: "X".into(),
+                body: Some(Bytes::from_static(b"{\"x\":1}")),
+            },
+            SessionOp::Join {
+                session: sid,
+                guild: g,
+                after: GuildSeq(10),
+            },
+            SessionOp::Leave {
+                session: sid,
+                guild: g,
+            },
+            SessionOp::Passive {
+                session: sid,
+                guild: g,
+                passive: true,
+            },
+            SessionOp::End { session: sid },
+        ];
+        let frames: Vec<PeerFrame> = frames
+            .into_iter()
+            .chain(
+                [
+                    SessionFrame::Ops { batch: 3, ops },
+                    SessionFrame::OpsAck { batch: 3 },
+                    SessionFrame::ResumeRequest {
+                        request: 1,
+                        session: sid,
+                        user: UserId(42),
+                        client_seq: 4,
+                    },
+                    SessionFrame::ResumeAnswer {
+                        request: 1,
+                        answer: Ok((snapshot.clone(), Takeover::Promoted)),
+                    },
+                    SessionFrame::ResumeAnswer {
+                        request: 2,
+                        answer: Err(ResumeRefusal::TooOld),
+                    },
+                    SessionFrame::Release {
+                        request: 5,
+                        session: sid,
+                        user: UserId(42),
+                    },
+                    SessionFrame::Released {
+                        request: 5,
+                        session: sid,
+                        snapshot: Some(Box::new(snapshot)),
+                    },
+                    SessionFrame::Released {
+                        request: 6,
+                        session: sid,
+                        snapshot: None,
+                    },
+                ]
+                .map(PeerFrame::Session),
+            )
+            .collect();
         let decoded = decode_batch(encode_batch(frames.clone())).unwrap();
         assert_eq!(decoded, frames);
     }
@@ -358,5 +807,25 @@ mod tests {
             })),
         };
         assert_eq!(decode(transfer), Err(WireError::EmptyNodeId));
+        let short_id = pb::PeerFrame {
+            kind: Some(Kind::Release(pb::Release {
+                request: 1,
+                session_id: vec![1, 2, 3],
+                user_id: 1,
+            })),
+        };
+        assert_eq!(decode(short_id), Err(WireError::SessionId(3)));
+        let no_identity = pb::PeerFrame {
+            kind: Some(Kind::SessionOps(pb::SessionOps {
+                batch: 1,
+                ops: vec![pb::SessionOp {
+                    kind: Some(pb::session_op::Kind::Open(pb::SessionSnapshot::default())),
+                }],
+            })),
+        };
+        assert_eq!(
+            decode(no_identity),
+            Err(WireError::Missing("session identity"))
+        );
     }
 }

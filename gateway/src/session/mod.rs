@@ -13,8 +13,10 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use concord_protocol::{GuildId, SessionId, UserId};
-use concord_router::{ReplayLimits, SessionLog, SharedEvent, Subscriber, Topic};
+use concord_protocol::{GuildId, Seq, SessionId, UserId};
+use concord_router::cluster::{GuildSeq, NodeId};
+use concord_router::continuity::{Entry, SessionIdentity, SessionSnapshot};
+use concord_router::{ReplayLimits, ResumeError, SessionLog, SharedEvent, Subscriber, Topic};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -41,8 +43,10 @@ pub struct Session {
 pub struct SessionState {
     /// Sequence, replay index and write cursor.
     pub log: SessionLog,
-    /// Guilds the session is subscribed to.
-    pub guilds: Vec<GuildId>,
+    /// Guilds the session is subscribed to, each with its cursor: the last topic seq
+    /// offered to the session (delivered or filtered), so an event offered twice (a
+    /// replay overlapping live delivery after a resume elsewhere) is skipped.
+    pub guilds: Vec<(GuildId, u64)>,
     /// Guilds marked passive (op 40): their events are skipped for this session.
     pub passive: Vec<GuildId>,
     /// Cancelled when the current connection must let go: a resume elsewhere, the end of
@@ -57,6 +61,16 @@ pub struct SessionState {
     /// Set when the node lost events of one of this session's guilds (a cluster resync
     /// past the owner's log): the session cannot be resumed and must identify again.
     pub invalidated: bool,
+    /// The node this session's changes are replicated to, if any (clustered, with
+    /// session replication on, and another node on the ring).
+    pub replica: Option<NodeId>,
+}
+
+impl SessionState {
+    /// Whether the session is subscribed to `guild`.
+    pub fn in_guild(&self, guild: GuildId) -> bool {
+        self.guilds.iter().any(|(g, _)| *g == guild)
+    }
 }
 
 /// A shared handle to a session; the hub subscribes these to topics.
@@ -90,6 +104,19 @@ impl Session {
         intents: u64,
         replay: ReplayLimits,
     ) -> Session {
+        Session::with_log(id, user, username, bot, intents, SessionLog::new(replay))
+    }
+
+    /// A session with no connection attached whose sequence and replay are `log`'s
+    /// (a session resumed from another node continues its `s`).
+    pub fn with_log(
+        id: SessionId,
+        user: UserId,
+        username: String,
+        bot: bool,
+        intents: u64,
+        log: SessionLog,
+    ) -> Session {
         Session {
             id,
             user,
@@ -97,7 +124,7 @@ impl Session {
             bot,
             intents,
             state: Mutex::new(SessionState {
-                log: SessionLog::new(replay),
+                log,
                 guilds: Vec::new(),
                 passive: Vec::new(),
                 attachment: None,
@@ -105,6 +132,7 @@ impl Session {
                 overflowed: false,
                 invalidated: false,
                 ended: false,
+                replica: None,
             }),
             wake: Notify::new(),
         }
@@ -118,17 +146,40 @@ impl Session {
 
     /// Delivers a topic event: filters, assigns `s`, and wakes the connection.
     pub fn deliver(&self, event: &SharedEvent, queue_limit: u64) -> Delivered {
-        if !event.wanted_by(self.intents) {
-            return Delivered::Skipped;
-        }
+        self.deliver_with(event, queue_limit, |_, _| {})
+    }
+
+    /// [`Session::deliver`], calling `pushed` with the state and the `s` it assigned
+    /// (under the session's lock) when the event was queued.
+    ///
+    /// The rule (the replica applies the same one, see `concord_router::continuity`): a
+    /// guild event at or below the session's cursor there was offered before and is
+    /// skipped; otherwise the cursor moves, then intents and passive guilds filter.
+    pub fn deliver_with(
+        &self,
+        event: &SharedEvent,
+        queue_limit: u64,
+        pushed: impl FnOnce(&SessionState, Seq),
+    ) -> Delivered {
         let outcome = {
             let mut st = self.lock();
-            if let Some(Topic::Guild(g)) = event.topic
-                && st.passive.contains(&g)
-            {
+            if let Some(Topic::Guild(g)) = event.topic {
+                let Some((_, cursor)) = st.guilds.iter_mut().find(|(id, _)| *id == g) else {
+                    return Delivered::Skipped;
+                };
+                if event.topic_seq <= *cursor {
+                    return Delivered::Skipped;
+                }
+                *cursor = event.topic_seq;
+                if st.passive.contains(&g) {
+                    return Delivered::Skipped;
+                }
+            }
+            if !event.wanted_by(self.intents) {
                 return Delivered::Skipped;
             }
-            st.log.push(Arc::clone(event));
+            let seq = st.log.push(Arc::clone(event));
+            pushed(&st, seq);
             if st.attachment.is_some() && !st.overflowed && st.log.pending() > queue_limit {
                 st.overflowed = true;
                 // The writer may be stuck on a full socket: cut it loose.
@@ -144,11 +195,64 @@ impl Session {
         outcome
     }
 
-    /// Pushes a session-only event (READY, GUILD_CREATE, ...) and wakes the connection.
-    pub fn push(&self, event: SharedEvent) {
-        self.lock().log.push(event);
+    /// Pushes a session-only event (READY, GUILD_CREATE, ...) and wakes the connection;
+    /// returns its `s`.
+    pub fn push(&self, event: SharedEvent) -> Seq {
+        let seq = self.lock().log.push(event);
         self.wake.notify_one();
+        seq
     }
+
+    /// Who the session is, for its replica.
+    pub fn identity(&self) -> SessionIdentity {
+        SessionIdentity {
+            id: self.id,
+            user: self.user,
+            username: self.username.as_str().into(),
+            bot: self.bot,
+            intents: self.intents,
+        }
+    }
+
+    /// The session's state for a replica or another node, with every `s` after
+    /// `after` (`None`: all it keeps).
+    ///
+    /// # Errors
+    /// `after` is ahead of the session, or older than what it keeps.
+    pub fn snapshot(&self, after: Option<Seq>) -> Result<SessionSnapshot, ResumeError> {
+        let st = self.lock();
+        snapshot_of(self.identity(), &st, after)
+    }
+}
+
+/// [`Session::snapshot`] on state the caller has locked.
+pub fn snapshot_of(
+    identity: SessionIdentity,
+    st: &SessionState,
+    after: Option<Seq>,
+) -> Result<SessionSnapshot, ResumeError> {
+    let base = after.unwrap_or_else(|| st.log.oldest_resumable());
+    let entries = st
+        .log
+        .after(base)?
+        .map(|(_, e)| match e.topic {
+            Some(Topic::Guild(guild)) => Entry::Guild {
+                guild,
+                seq: GuildSeq(e.topic_seq),
+            },
+            _ => Entry::Inline {
+                event_type: e.event_type.as_ref().into(),
+                body: e.body.clone(),
+            },
+        })
+        .collect();
+    Ok(SessionSnapshot {
+        identity,
+        guilds: st.guilds.iter().map(|(g, c)| (*g, GuildSeq(*c))).collect(),
+        passive: st.passive.clone(),
+        base_seq: base.0,
+        entries,
+    })
 }
 
 /// Every session on this node, by id, plus the queue of detached sessions waiting to
@@ -173,6 +277,11 @@ impl Registry {
     /// Removes a session.
     pub fn remove(&self, id: SessionId) -> Option<SessionRef> {
         lock(&self.sessions).remove(&id)
+    }
+
+    /// Every session, in no order.
+    pub fn all(&self) -> Vec<SessionRef> {
+        lock(&self.sessions).values().cloned().collect()
     }
 
     /// How many sessions there are.

@@ -635,6 +635,19 @@ impl<P: Placements> ClusterRouter<P> {
 
     /// A session on this node joined `guild`. The first one subscribes the node.
     pub fn local_subscribe(&mut self, guild: GuildId) {
+        self.subscribe_local(guild, None);
+    }
+
+    /// Like [`ClusterRouter::local_subscribe`], for a session that must continue after
+    /// guild seq `after` (it resumed here from another node): if this is the node's
+    /// first session in the guild, the node subscribes from `after` and the owner fills
+    /// in what followed it. A node already subscribed just counts the session; the
+    /// caller catches it up from its own topic log.
+    pub fn local_subscribe_from(&mut self, guild: GuildId, after: GuildSeq) {
+        self.subscribe_local(guild, Some(after));
+    }
+
+    fn subscribe_local(&mut self, guild: GuildId, after: Option<GuildSeq>) {
         let sub = self
             .subscriptions
             .entry(guild)
@@ -647,6 +660,9 @@ impl<P: Placements> ClusterRouter<P> {
             });
         sub.sessions += 1;
         if sub.sessions == 1 {
+            if after.is_some() {
+                sub.last_delivered = after;
+            }
             self.subscribe_to_owner(guild);
         }
     }

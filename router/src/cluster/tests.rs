@@ -897,6 +897,34 @@ fn a_lost_forward_is_sent_again_by_the_resend_timer_and_sequenced_once() {
 }
 
 #[test]
+fn a_node_subscribing_from_a_cursor_gets_what_followed_it() {
+    let mut sim = Sim::new(3, ClusterConfig::default(), 8);
+    let g = 30; // owner n0
+    for _ in 0..5 {
+        sim.publish(1, g).unwrap();
+    }
+    sim.run();
+    // A session resumed on n2 had seen up to seq 2: n2 subscribes from there.
+    let node = n(2);
+    sim.nodes
+        .get_mut(&node)
+        .unwrap()
+        .local_subscribe_from(GuildId(g), GuildSeq(2));
+    sim.drain(&node);
+    sim.run();
+    assert_eq!(sim.delivered(2, g), vec![3, 4, 5]);
+    // On the owner itself too.
+    let node = n(0);
+    sim.nodes
+        .get_mut(&node)
+        .unwrap()
+        .local_subscribe_from(GuildId(g), GuildSeq(4));
+    sim.drain(&node);
+    sim.run();
+    assert_eq!(sim.delivered(0, g), vec![5]);
+}
+
+#[test]
 fn subscriptions_follow_first_and_last_session() {
     let mut sim = Sim::new(3, ClusterConfig::default(), 6);
     let g = 30;
