@@ -629,13 +629,8 @@ impl Connection {
             kicked,
         });
         self.machine.identified();
-        self.shared
-            .hub
-            .send(HubInput::Adopt {
-                session,
-                replay: rebuilt.replay,
-                cursors: rebuilt.cursors,
-            })
+        router
+            .adopt(session, rebuilt)
             .await
             .map_err(|_| Stop::Dropped)
     }

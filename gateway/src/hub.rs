@@ -278,6 +278,9 @@ pub struct Continuity {
     pub registry: Arc<Registry>,
 }
 
+/// Sessions, each with the `s` its writes wait for.
+type Waiters = Vec<(SessionRef, Seq)>;
+
 /// The replication stream's state.
 #[derive(Debug)]
 struct Replication {
@@ -294,9 +297,9 @@ struct Replication {
     /// The last batch number sent to each node.
     batches: BTreeMap<NodeId, u64>,
     /// `sync`: sessions (with the `s` pushed) whose writes wait for this burst's batch.
-    touched: BTreeMap<NodeId, Vec<(SessionRef, Seq)>>,
+    touched: BTreeMap<NodeId, Waiters>,
     /// `sync`: batches sent and not acknowledged, per node, oldest first.
-    waiting: BTreeMap<NodeId, VecDeque<(u64, Vec<(SessionRef, Seq)>)>>,
+    waiting: BTreeMap<NodeId, VecDeque<(u64, Waiters)>>,
 }
 
 impl Replication {
@@ -768,6 +771,7 @@ impl Hub {
             self.leave_all(session);
             self.close(session);
         }
+        tracing::debug!(session = %id, found = session.is_some(), released = snapshot.is_some(), "release asked");
         self.after_flush.push(HubEvent::Released {
             request,
             session: id,

@@ -211,6 +211,7 @@ pub fn peer_router_counters(
             before.stray_events,
             now.stray_events,
         ),
+        ("concord_peer_fenced_total", before.fenced, now.fenced),
     ];
     for (name, b, n) in pairs {
         if n > b {

@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 use crate::admin::{self, AdminState};
 use crate::api::{self, ApiState};
 use crate::cluster::{self, Advertised, ClusterView, Gossip};
-use crate::config::Config;
+use crate::config::{Config, SessionReplication};
 use crate::conn::{self, Shared};
 use crate::dicts::DictStore;
 use crate::grpc::PublishService;
@@ -297,7 +297,7 @@ pub async fn start(config: Config, listeners: Listeners) -> io::Result<Node> {
     let admin_router = admin::router(AdminState {
         prometheus,
         drain: drain.clone(),
-        registry,
+        registry: registry.clone(),
         dicts: dicts.clone(),
         cluster: cluster_view.clone(),
     });
@@ -309,8 +309,13 @@ pub async fn start(config: Config, listeners: Listeners) -> io::Result<Node> {
 
     let grace = config.drain_grace;
     let supervisor_drain = drain.clone();
+    // With session replication, the node stays up after its clients left until each
+    // session was taken over by the node its client resumed on, so they migrate from a
+    // live host (bounded by the grace period; the rest are promoted from replicas).
+    let hand_off = router.is_some() && config.session_replication != SessionReplication::Off;
     let done = tokio::spawn(async move {
         supervisor_drain.cancelled().await;
+        let started = tokio::time::Instant::now();
         tracing::info!("draining: closing client connections with op 7");
         let _ = accept.await;
         connections.close();
@@ -322,6 +327,21 @@ pub async fn start(config: Config, listeners: Listeners) -> io::Result<Node> {
                 ?grace,
                 "drain grace period passed with connections still open"
             );
+        }
+        if hand_off {
+            let deadline = started + grace;
+            while !registry.is_empty() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            let left = registry.len();
+            if left > 0 {
+                tracing::info!(
+                    sessions = left,
+                    "drain grace passed: sessions not resumed elsewhere yet stay resumable from their replicas"
+                );
+            } else {
+                tracing::info!("every session moved to another node");
+            }
         }
         stop.cancel();
         let _ = reaper.await;

@@ -20,127 +20,20 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read as _;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
 
 use common::Client;
+use common::procs::{NodeProc, Ports, SECRET, reserve_ports};
 use concord_gateway::cluster::{PacketKey, Timing};
 use rand::{Rng as _, SeedableRng as _};
 use serde_json::Value;
 
-const SECRET: &str = "cluster-test-secret";
-
 /// Held by every test that starts node processes, so they never compete for the CPU.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Ports of one node, reserved up front so a restart reuses them.
-#[derive(Clone, Copy, Debug)]
-struct Ports {
-    client: SocketAddr,
-    api: SocketAddr,
-    admin: SocketAddr,
-    gossip: SocketAddr,
-    peer: SocketAddr,
-}
-
-fn reserve_ports(n: usize) -> Vec<Ports> {
-    // Hold every socket until all are chosen, so no two nodes get the same port.
-    let mut tcp = Vec::new();
-    let mut udp = Vec::new();
-    for _ in 0..n {
-        for _ in 0..4 {
-            tcp.push(TcpListener::bind("127.0.0.1:0").unwrap());
-        }
-        udp.push(UdpSocket::bind("127.0.0.1:0").unwrap());
-    }
-    let addr = |l: &TcpListener| l.local_addr().unwrap();
-    (0..n)
-        .map(|i| Ports {
-            client: addr(&tcp[4 * i]),
-            api: addr(&tcp[4 * i + 1]),
-            admin: addr(&tcp[4 * i + 2]),
-            gossip: udp[i].local_addr().unwrap(),
-            peer: addr(&tcp[4 * i + 3]),
-        })
-        .collect()
-}
-
-/// A node process; killed (SIGKILL) and reaped on drop. Its log goes to a file, printed
-/// when the test fails.
-struct NodeProc {
-    id: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl NodeProc {
-    fn spawn(id: &str, ports: Ports, seeds: &[SocketAddr]) -> NodeProc {
-        NodeProc::spawn_with(id, ports, seeds, &[])
-    }
-
-    fn spawn_with(id: &str, ports: Ports, seeds: &[SocketAddr], extra: &[&str]) -> NodeProc {
-        let log = std::env::temp_dir().join(format!(
-            "concord-cluster-test-{}-{id}.log",
-            std::process::id()
-        ));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_concord"));
-        cmd.arg("serve")
-            // If the test process dies, the node sees its stdin close and exits.
-            .arg("--exit-with-stdin")
-            .args(["--node-id", id])
-            .args(["--listen", &ports.client.to_string()])
-            .args(["--api-listen", &ports.api.to_string()])
-            .args(["--admin-listen", &ports.admin.to_string()])
-            .args(["--gossip-listen", &ports.gossip.to_string()])
-            .args(["--peer-listen", &ports.peer.to_string()])
-            .args(["--cluster-secret", SECRET])
-            .args(["--drain-grace", "1s"])
-            .args(["--log", "info"])
-            .env("CONCORD_TOKEN_SECRET", "t")
-            .env("CONCORD_PUBLISH_SECRET", "p")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(file));
-        for seed in seeds {
-            cmd.args(["--seed", &seed.to_string()]);
-        }
-        cmd.args(extra);
-        NodeProc {
-            id: id.into(),
-            child: cmd.spawn().unwrap(),
-            log,
-        }
-    }
-}
-
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let mut text = String::new();
-            if let Ok(mut f) = std::fs::File::open(&self.log) {
-                let _ = f.read_to_string(&mut text);
-            }
-            let tail: Vec<&str> = text.lines().rev().take(40).collect();
-            eprintln!("--- {} log (last 40 lines, newest first) ---", self.id);
-            for line in tail {
-                eprintln!("{line}");
-            }
-        }
-        let _ = std::fs::remove_file(&self.log);
-    }
-}
 
 /// What one node's `/cluster` says, reduced to what the test compares.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -694,36 +694,67 @@ pub fn rebuild(
             },
         });
     }
-    let passive: BTreeSet<GuildId> = snapshot.passive.iter().copied().collect();
-    let mut cursors = Vec::with_capacity(snapshot.guilds.len());
-    for &(guild, cursor) in &snapshot.guilds {
-        let mut last = cursor;
-        for e in fetched.get(&guild).into_iter().flatten() {
-            if e.seq <= last {
-                continue;
-            }
-            if e.seq != last.next() {
-                // The log skipped events the session never got.
-                return Err(RebuildError {
-                    guild,
-                    seq: last.next(),
-                });
-            }
-            last = e.seq;
-            let required = required_intent(Topic::Guild(guild), &e.event_type);
-            let wanted = required.is_none_or(|i| snapshot.identity.intents & i != 0);
-            if wanted && !passive.contains(&guild) {
-                replay.push(ReplayItem {
-                    guild: Some(guild),
-                    seq: e.seq,
-                    event_type: Arc::clone(&e.event_type),
-                    body: e.body.clone(),
-                });
-            }
-        }
-        cursors.push((guild, last));
+    let mut rebuilt = Rebuilt {
+        replay,
+        cursors: snapshot.guilds.clone(),
+    };
+    for &(guild, _) in &snapshot.guilds {
+        let events = fetched.get(&guild).map_or(&[][..], Vec::as_slice);
+        extend(
+            &mut rebuilt,
+            snapshot.identity.intents,
+            &snapshot.passive,
+            guild,
+            events,
+        )?;
     }
-    Ok(Rebuilt { replay, cursors })
+    Ok(rebuilt)
+}
+
+/// Appends to `rebuilt` the events of `guild` past its cursor there, in order and
+/// filtered by the host's rule (intents, passive guilds), and moves the cursor. Used by
+/// [`rebuild`], and again when the node the session resumed on has delivered further in
+/// that guild than the rebuild reached.
+///
+/// # Errors
+/// [`RebuildError`] when `events` skip a seq after the cursor; `rebuilt` is then
+/// unchanged for `guild`'s cursor but may hold some of its events.
+pub fn extend(
+    rebuilt: &mut Rebuilt,
+    intents: u64,
+    passive: &[GuildId],
+    guild: GuildId,
+    events: &[GuildEvent],
+) -> Result<(), RebuildError> {
+    let Some(slot) = rebuilt.cursors.iter().position(|(g, _)| *g == guild) else {
+        return Ok(());
+    };
+    let mut last = rebuilt.cursors[slot].1;
+    for e in events {
+        if e.seq <= last {
+            continue;
+        }
+        if e.seq != last.next() {
+            // The log skipped events the session never got.
+            return Err(RebuildError {
+                guild,
+                seq: last.next(),
+            });
+        }
+        last = e.seq;
+        let required = required_intent(Topic::Guild(guild), &e.event_type);
+        let wanted = required.is_none_or(|i| intents & i != 0);
+        if wanted && !passive.contains(&guild) {
+            rebuilt.replay.push(ReplayItem {
+                guild: Some(guild),
+                seq: e.seq,
+                event_type: Arc::clone(&e.event_type),
+                body: e.body.clone(),
+            });
+        }
+    }
+    rebuilt.cursors[slot].1 = last;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -67,13 +67,14 @@ use concord_router::cluster::{
 };
 use concord_router::continuity::{
     RebuildError, Rebuilt, ResumeRefusal, SessionFrame, SessionReplicas, SessionSnapshot, Takeover,
-    fetch_plan, rebuild,
+    extend, fetch_plan, rebuild,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{ClusterView, NodeState};
 use crate::hub::{HubEvent, HubHandle, HubInput, session_nodes};
+use crate::session::SessionRef;
 
 #[cfg(doc)]
 use crate::grpc::pb;
@@ -94,7 +95,11 @@ pub const TICK: Duration = Duration::from_secs(1);
 pub const RELEASE_TICKS: u32 = 3;
 /// Ticks a resume on another node may take (asking, releasing, fetching) before the
 /// client is told to identify again.
-pub const RESUME_TICKS: u32 = 10;
+pub const RESUME_TICKS: u32 = 15;
+/// Ticks a resume waits for one node's answer before it also asks the next (the node
+/// may have died before membership says so). Above [`RELEASE_TICKS`], so a directory
+/// that waits for a silent host answers first.
+pub const ASK_TICKS: u32 = RELEASE_TICKS + 2;
 
 /// Why a clustered guild publish failed. Nothing was delivered by this node for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -179,7 +184,29 @@ struct ResumeJob {
     candidates: VecDeque<NodeId>,
     /// Set once a node handed the session over: the replay's guild events are fetched.
     fetching: Option<Fetching>,
+    /// The peer asked last, and ticks since.
+    asking: Option<(NodeId, u32)>,
+    /// Nodes asked that have not answered yet (a slow one may still hand it over).
+    awaiting: BTreeSet<NodeId>,
     ticks: u32,
+}
+
+/// A session resumed here, on its way to the hub: its replay must reach at least as
+/// far as this node's own delivery in each guild, or the hub could not continue it
+/// from the node's stream without a gap.
+#[derive(Debug)]
+struct AdoptJob {
+    session: SessionRef,
+    rebuilt: Rebuilt,
+    /// Fetches that extend the replay, by guild.
+    waiting: BTreeMap<FetchId, GuildId>,
+}
+
+/// Who asked for a log fetch.
+#[derive(Debug, Clone, Copy)]
+enum FetchFor {
+    Resume(u64),
+    Adopt(u64),
 }
 
 #[derive(Debug)]
@@ -256,6 +283,14 @@ pub enum Input {
     },
     /// Something the hub reported.
     Hub(HubEvent),
+    /// Hand a session resumed from another node to the hub, once its replay reaches
+    /// this node's delivery in each of its guilds.
+    Adopt {
+        /// The session (attached to its connection).
+        session: SessionRef,
+        /// Its replay and cursors.
+        rebuilt: Rebuilt,
+    },
     /// Read the router's counters (answered after every earlier input is applied and
     /// flushed).
     Counters {
@@ -323,6 +358,19 @@ impl RouterHandle {
         rx.await.map_err(|_| RemoteResumeError::ShuttingDown)?
     }
 
+    /// Hands a session [`RouterHandle::resume`] rebuilt to the hub (through this task,
+    /// so it continues exactly where this node's delivery stands).
+    ///
+    /// # Errors
+    /// The router task has stopped.
+    pub async fn adopt(
+        &self,
+        session: SessionRef,
+        rebuilt: Rebuilt,
+    ) -> Result<(), ClusterPublishError> {
+        self.send(Input::Adopt { session, rebuilt }).await
+    }
+
     /// The router's counters so far (frames sent by kind, fan-out events, ...).
     ///
     /// # Errors
@@ -378,7 +426,14 @@ pub struct RouterTask {
     settings: SessionSettings,
     resumes: HashMap<u64, ResumeJob>,
     releases: HashMap<u64, PendingRelease>,
-    fetches: HashMap<FetchId, u64>,
+    fetches: HashMap<FetchId, FetchFor>,
+    adopts: HashMap<u64, AdoptJob>,
+    /// Guilds this node is not subscribed to yet, for which an adopted session was
+    /// forwarded: the node will subscribe after this seq, so later adoptions must
+    /// reach it.
+    adopting: HashMap<GuildId, concord_router::cluster::GuildSeq>,
+    /// Adoptions to hand to the hub (sent with the outputs, in order).
+    hub_adopts: Vec<HubInput>,
     next_request: u64,
     /// Hosts that went down, and when their replicas are dropped.
     orphans: VecDeque<(Instant, NodeId)>,
@@ -417,6 +472,9 @@ impl RouterTask {
             resumes: HashMap::new(),
             releases: HashMap::new(),
             fetches: HashMap::new(),
+            adopts: HashMap::new(),
+            adopting: HashMap::new(),
+            hub_adopts: Vec::new(),
             next_request: 0,
             orphans: VecDeque::new(),
             hub_releases: Vec::new(),
@@ -482,6 +540,9 @@ impl RouterTask {
         for (_, job) in self.resumes.drain() {
             let _ = job.reply.send(Err(RemoteResumeError::ShuttingDown));
         }
+        for (_, job) in self.adopts.drain() {
+            job.session.lock().invalidated = true;
+        }
     }
 
     fn handle(&mut self, input: Input) {
@@ -518,6 +579,18 @@ impl RouterTask {
                 client_seq,
                 reply,
             } => self.start_resume(session, user, client_seq, reply),
+            Input::Adopt { session, rebuilt } => {
+                let id = self.next_request();
+                self.adopts.insert(
+                    id,
+                    AdoptJob {
+                        session,
+                        rebuilt,
+                        waiting: BTreeMap::new(),
+                    },
+                );
+                self.try_adopt(id);
+            }
             Input::ViewChanged => self.view_changed(),
             Input::Tick => {
                 self.router.resend_stale();
@@ -556,6 +629,12 @@ impl RouterTask {
 
     fn view_changed(&mut self) {
         let view = self.view.borrow_and_update().clone();
+        // Once another node was seen, an owner never acknowledges alone again: alone in
+        // its ring, it is cut off (or the rest is gone), and the other side may own the
+        // same guilds.
+        if view.members.iter().any(|m| m.node_id != self.me) {
+            self.router.require_replica(true);
+        }
         for m in &view.members {
             if m.node_id == self.me {
                 continue;
@@ -579,11 +658,18 @@ impl RouterTask {
 
     fn hub_event(&mut self, event: HubEvent) {
         match event {
-            HubEvent::Subscribe(guild, None) => self.router.local_subscribe(guild),
+            HubEvent::Subscribe(guild, None) => {
+                self.adopting.remove(&guild);
+                self.router.local_subscribe(guild);
+            }
             HubEvent::Subscribe(guild, Some(after)) => {
+                self.adopting.remove(&guild);
                 self.router.local_subscribe_from(guild, after);
             }
-            HubEvent::Unsubscribe(guild) => self.router.local_unsubscribe(guild),
+            HubEvent::Unsubscribe(guild) => {
+                self.adopting.remove(&guild);
+                self.router.local_unsubscribe(guild);
+            }
             HubEvent::Ops { to, batch, ops } => {
                 crate::metrics::session_ops(ops.len());
                 self.send_session(to, SessionFrame::Ops { batch, ops });
@@ -632,7 +718,9 @@ impl RouterTask {
                 user,
                 client_seq,
             } => self.resume_request(from.clone(), request, session, user, client_seq),
-            SessionFrame::ResumeAnswer { request, answer } => self.resume_answer(request, answer),
+            SessionFrame::ResumeAnswer { request, answer } => {
+                self.resume_answer(from, request, answer);
+            }
             SessionFrame::Release {
                 request,
                 session,
@@ -689,33 +777,113 @@ impl RouterTask {
                 reply,
                 candidates,
                 fetching: None,
+                asking: None,
+                awaiting: BTreeSet::new(),
                 ticks: 0,
             },
         );
         self.ask_next(id);
     }
 
+    /// Forwards adoption `id` to the hub if its replay reaches this node's delivery in
+    /// every guild; else fetches what is missing first.
+    fn try_adopt(&mut self, id: u64) {
+        let Some(job) = self.adopts.get(&id) else {
+            return;
+        };
+        let mut short = Vec::new();
+        for &(guild, cursor) in &job.rebuilt.cursors {
+            let floor = self
+                .router
+                .delivered_seq(guild)
+                .into_iter()
+                .chain(self.adopting.get(&guild).copied())
+                .max();
+            if floor.is_some_and(|f| cursor < f) {
+                short.push((guild, cursor));
+            }
+        }
+        if short.is_empty() {
+            let Some(job) = self.adopts.remove(&id) else {
+                return;
+            };
+            for &(guild, cursor) in &job.rebuilt.cursors {
+                if self.router.delivered_seq(guild).is_none() {
+                    self.adopting.entry(guild).or_insert(cursor);
+                }
+            }
+            self.hub_adopts.push(HubInput::Adopt {
+                session: job.session,
+                replay: job.rebuilt.replay,
+                cursors: job.rebuilt.cursors,
+            });
+            return;
+        }
+        for (guild, cursor) in short {
+            self.next_request += 1;
+            let fetch = FetchId(self.next_request);
+            self.fetches.insert(fetch, FetchFor::Adopt(id));
+            if let Some(job) = self.adopts.get_mut(&id) {
+                job.waiting.insert(fetch, guild);
+            }
+            self.router.fetch(guild, cursor, fetch);
+        }
+    }
+
+    fn adopt_fetched(&mut self, id: u64, fetch: FetchId, guild: GuildId, events: &[GuildEvent]) {
+        let Some(job) = self.adopts.get_mut(&id) else {
+            return;
+        };
+        job.waiting.remove(&fetch);
+        let (intents, passive) = (job.session.intents, job.session.lock().passive.clone());
+        if let Err(e) = extend(&mut job.rebuilt, intents, &passive, guild, events) {
+            tracing::warn!(session = %job.session.id, error = %e, "cannot continue a resumed session; it must identify again");
+            let mut st = job.session.lock();
+            st.invalidated = true;
+            if let Some(k) = &st.attachment {
+                k.cancel();
+            }
+            drop(st);
+            self.adopts.remove(&id);
+            return;
+        }
+        if job.waiting.is_empty() {
+            self.try_adopt(id);
+        }
+    }
+
     /// Asks the next candidate for the session of resume `id`, or ends it.
     fn ask_next(&mut self, id: u64) {
-        let Some(job) = self.resumes.get_mut(&id) else {
+        let Some(job) = self.resumes.get_mut(&id).filter(|j| j.fetching.is_none()) else {
             return;
         };
         let (session, user, client_seq) = (job.session, job.user, job.client_seq);
-        match job.candidates.pop_front() {
-            None => self.finish_resume(id, Err(RemoteResumeError::Unknown)),
+        let next = job.candidates.pop_front();
+        if let Some(node) = &next {
+            job.awaiting.insert(node.clone());
+        }
+        match next {
+            // Nobody left to ask, and nobody asked still owes an answer.
+            None if job.awaiting.is_empty() => {
+                self.finish_resume(id, Err(RemoteResumeError::Unknown));
+            }
+            None => job.asking = None,
             Some(node) if node == self.me => {
                 let me = self.me.clone();
                 self.resume_request(me, id, session, user, client_seq);
             }
-            Some(node) => self.send_session(
-                node,
-                SessionFrame::ResumeRequest {
-                    request: id,
-                    session,
-                    user,
-                    client_seq,
-                },
-            ),
+            Some(node) => {
+                job.asking = Some((node.clone(), 0));
+                self.send_session(
+                    node,
+                    SessionFrame::ResumeRequest {
+                        request: id,
+                        session,
+                        user,
+                        client_seq,
+                    },
+                );
+            }
         }
     }
 
@@ -814,15 +982,17 @@ impl RouterTask {
         answer: Result<(SessionSnapshot, Takeover), ResumeRefusal>,
     ) {
         if asker == self.me {
-            self.resume_answer(request, answer);
+            let me = self.me.clone();
+            self.resume_answer(&me, request, answer);
         } else {
             self.send_session(asker, SessionFrame::ResumeAnswer { request, answer });
         }
     }
 
-    /// A node answered one of our resumes.
+    /// Node `from` answered one of our resumes.
     fn resume_answer(
         &mut self,
+        from: &NodeId,
         request: u64,
         answer: Result<(SessionSnapshot, Takeover), ResumeRefusal>,
     ) {
@@ -831,6 +1001,10 @@ impl RouterTask {
         };
         if job.fetching.is_some() {
             return; // Answered twice.
+        }
+        job.awaiting.remove(from);
+        if job.asking.as_ref().is_some_and(|(n, _)| n == from) {
+            job.asking = None;
         }
         let (snapshot, takeover) = match answer {
             Ok(x) => x,
@@ -856,14 +1030,16 @@ impl RouterTask {
             return self.complete_resume(request);
         }
         for (guild, after, fetch) in ids {
-            self.fetches.insert(fetch, request);
+            self.fetches.insert(fetch, FetchFor::Resume(request));
             self.router.fetch(guild, after, fetch);
         }
     }
 
     fn fetched(&mut self, fetch: FetchId, guild: GuildId, events: Vec<GuildEvent>) {
-        let Some(request) = self.fetches.remove(&fetch) else {
-            return;
+        let request = match self.fetches.remove(&fetch) {
+            None => return,
+            Some(FetchFor::Adopt(id)) => return self.adopt_fetched(id, fetch, guild, &events),
+            Some(FetchFor::Resume(request)) => request,
         };
         let Some(f) = self
             .resumes
@@ -923,6 +1099,15 @@ impl RouterTask {
         for (id, session) in waiting {
             self.released(id, session, None);
         }
+        // Resumes that asked it: it will not answer.
+        let asked: Vec<u64> = self
+            .resumes
+            .iter_mut()
+            .filter_map(|(id, j)| j.awaiting.remove(node).then_some(*id))
+            .collect();
+        for id in asked {
+            self.ask_next(id);
+        }
         self.orphans
             .push_back((Instant::now() + self.settings.resume_window, node.clone()));
     }
@@ -940,16 +1125,24 @@ impl RouterTask {
             tracing::warn!(%session, "session host did not release it in time; promoting its replica");
             self.released(id, session, None);
         }
-        let late: Vec<u64> = self
-            .resumes
-            .iter_mut()
-            .filter_map(|(id, j)| {
-                j.ticks += 1;
-                (j.ticks > RESUME_TICKS).then_some(*id)
-            })
-            .collect();
+        let mut late = Vec::new();
+        let mut silent = Vec::new();
+        for (id, j) in &mut self.resumes {
+            j.ticks += 1;
+            if j.ticks > RESUME_TICKS {
+                late.push(*id);
+            } else if let Some((_, asked)) = &mut j.asking {
+                *asked += 1;
+                if *asked > ASK_TICKS {
+                    silent.push(*id);
+                }
+            }
+        }
         for id in late {
             self.finish_resume(id, Err(RemoteResumeError::TimedOut));
+        }
+        for id in silent {
+            self.ask_next(id);
         }
         let now = Instant::now();
         while self.orphans.front().is_some_and(|(at, _)| *at <= now) {
@@ -1023,6 +1216,11 @@ impl RouterTask {
                 .is_err()
             {
                 tracing::debug!("hub stopped; dropping a replica ack");
+            }
+        }
+        for input in std::mem::take(&mut self.hub_adopts) {
+            if self.hub.send(input).await.is_err() {
+                tracing::debug!("hub stopped; dropping an adopted session");
             }
         }
         // Releases this task asked its own hub for.

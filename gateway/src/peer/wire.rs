@@ -570,6 +570,7 @@ fn encode_error(e: PublishError) -> pb::PublishErrorCode {
         // The id is the origin's, so the origin maps it back from its own pending table.
         PublishError::DuplicatePublishId(_) => pb::PublishErrorCode::PublishErrorDuplicatePublishId,
         PublishError::OwnerUnreachable => pb::PublishErrorCode::PublishErrorOwnerUnreachable,
+        PublishError::NoReplica => pb::PublishErrorCode::PublishErrorNoReplica,
     }
 }
 
@@ -584,6 +585,7 @@ fn decode_error(code: i32) -> Result<PublishError, WireError> {
         Ok(pb::PublishErrorCode::PublishErrorOwnerUnreachable) => {
             Ok(PublishError::OwnerUnreachable)
         }
+        Ok(pb::PublishErrorCode::PublishErrorNoReplica) => Ok(PublishError::NoReplica),
         Ok(pb::PublishErrorCode::PublishErrorUnspecified) | Err(_) => {
             Err(WireError::ErrorCode(code))
         }

@@ -2,6 +2,8 @@
 //! client and an HTTP publisher.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod procs;
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use concord_gateway::{Config, Listeners, Node};

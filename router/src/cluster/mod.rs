@@ -237,6 +237,11 @@ pub enum PublishError {
     /// while rings disagreed. It was not sequenced; transient: retry.
     #[error("the owner could not be reached while rings disagree")]
     OwnerUnreachable,
+    /// The guild's owner has no replica to hold the event (it is cut off from the rest
+    /// of the cluster, see [`ClusterRouter::require_replica`]). It was not sequenced;
+    /// transient: retry (another node may own the guild).
+    #[error("the guild's owner has no replica")]
+    NoReplica,
 }
 
 /// What the router has done since it was made, for metrics.
@@ -260,6 +265,9 @@ pub struct ClusterCounters {
     /// Events dropped because this node no longer wanted them (no local session, or the
     /// sender is not the owner this node knows).
     pub stray_events: u64,
+    /// Replicated events refused because the sender is not the guild's owner in this
+    /// node's ring (fencing a stale owner).
+    pub fenced: u64,
 }
 
 impl ClusterCounters {

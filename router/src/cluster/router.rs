@@ -95,6 +95,10 @@ struct OwnedGuild {
     replica: Option<NodeId>,
     /// Publishes sequenced but not yet replicated, in sequence order.
     awaiting: VecDeque<(GuildSeq, NodeId, PublishId)>,
+    /// `replicated` at the last [`ClusterRouter::resend_stale`] tick: no progress by the
+    /// next one, with events awaiting, sends them to the replica again (it may have
+    /// refused them while its ring disagreed, or lost them with a link).
+    replicated_at_tick: Option<GuildSeq>,
 }
 
 impl OwnedGuild {
@@ -106,6 +110,7 @@ impl OwnedGuild {
             by_publish: HashMap::new(),
             replica,
             awaiting: VecDeque::new(),
+            replicated_at_tick: None,
         }
     }
 
@@ -124,6 +129,7 @@ impl OwnedGuild {
             by_publish,
             replica,
             awaiting: VecDeque::new(),
+            replicated_at_tick: None,
         }
     }
 
@@ -317,6 +323,13 @@ pub struct ClusterRouter<P> {
     dirty: BTreeSet<GuildId>,
     /// Log fetches this node asked for, by id.
     fetches: BTreeMap<FetchId, PendingFetch>,
+    /// Whether an owner needs a replica to acknowledge (see
+    /// [`ClusterRouter::require_replica`]).
+    require_replica: bool,
+    /// Replicated events from a node our ring does not name as their owner, held until
+    /// the next ring change (ours may be the stale ring), at most `max_unreplicated` per
+    /// sender.
+    fenced: BTreeMap<NodeId, Vec<GuildEvent>>,
     fx: Effects,
 }
 
@@ -340,8 +353,20 @@ impl<P: Placements> ClusterRouter<P> {
             to_replicate: BTreeMap::new(),
             dirty: BTreeSet::new(),
             fetches: BTreeMap::new(),
+            require_replica: false,
+            fenced: BTreeMap::new(),
             fx: Effects::default(),
         }
+    }
+
+    /// From now on an owner acknowledges (and fans out) an event only once a replica
+    /// holds it, even when its ring has no other node: a node cut off from the rest of
+    /// its cluster then refuses publishes ([`PublishError::NoReplica`]) instead of
+    /// acknowledging events the other side never sees. The shell turns it on once the
+    /// node has seen another member; a lone node (standalone, or a cluster of one that
+    /// never grew) acknowledges alone.
+    pub fn require_replica(&mut self, on: bool) {
+        self.require_replica = on;
     }
 
     /// This node's id.
@@ -786,6 +811,11 @@ impl<P: Placements> ClusterRouter<P> {
 
         self.route_fetches(false);
 
+        // Replication we fenced on the old ring: apply what the new ring vouches for.
+        for (from, events) in std::mem::take(&mut self.fenced) {
+            self.replicate_from(&from, events, false);
+        }
+
         // Forwards we relayed on the old ring: where the new one says, if that moved.
         for r in std::mem::take(&mut self.relayed) {
             let Some(p) = self.placements.placement(r.guild) else {
@@ -862,6 +892,20 @@ impl<P: Placements> ClusterRouter<P> {
         }
 
         self.route_fetches(true);
+
+        // Replication that made no progress for a tick: send the events again.
+        for owned in self.owned.values_mut() {
+            let stuck =
+                owned.replicated_at_tick == Some(owned.replicated) && !owned.awaiting.is_empty();
+            owned.replicated_at_tick = Some(owned.replicated);
+            if let (true, Some(replica)) = (stuck, &owned.replica) {
+                let replicated = owned.replicated;
+                self.to_replicate
+                    .entry(replica.clone())
+                    .or_default()
+                    .extend(owned.log.iter().filter(|e| e.seq > replicated).cloned());
+            }
+        }
 
         let ids: Vec<PublishId> = self.pending.keys().copied().collect();
         for id in ids {
@@ -1109,6 +1153,8 @@ impl<P: Placements> ClusterRouter<P> {
                 .entry(r)
                 .or_default()
                 .extend(owned.log.iter().cloned()),
+            // Fenced: what awaits a replica waits (its publishers time out).
+            None if self.require_replica => {}
             None => {
                 let last = owned.last_seq;
                 self.commit(guild, last);
@@ -1146,9 +1192,13 @@ impl<P: Placements> ClusterRouter<P> {
             });
             return Ok(());
         }
+        let require_replica = self.require_replica;
         let Some(owned) = self.owned.get_mut(&guild) else {
             return Err(PublishError::Overloaded);
         };
+        if owned.replica.is_none() && require_replica {
+            return Err(PublishError::NoReplica);
+        }
         if let Some(&seq) = owned.by_publish.get(&(origin.clone(), publish_id)) {
             let replicated = owned.replicated;
             self.fx.counters.duplicate_forwards += 1;
@@ -1381,10 +1431,33 @@ impl<P: Placements> ClusterRouter<P> {
     // --- replica side ---
 
     fn on_replicate(&mut self, from: &NodeId, events: Vec<GuildEvent>) {
+        self.replicate_from(from, events, true);
+    }
+
+    /// Applies replicated events; with `hold`, keeps the fenced ones until the next ring
+    /// change (our ring may be the stale one), else drops them.
+    fn replicate_from(&mut self, from: &NodeId, events: Vec<GuildEvent>, hold: bool) {
         let capacity = self.config.log_capacity;
         let mut acks: BTreeMap<GuildId, GuildSeq> = BTreeMap::new();
         for event in events {
             let guild = event.guild;
+            // Fencing: only the owner our ring names may replicate to us (and never to
+            // a guild we own). An old owner whose ring is stale gets no ack, so it
+            // cannot acknowledge events the new owner's log misses; it sends them
+            // again, and once the rings agree they are acknowledged or re-routed.
+            let from_owner = self
+                .placements
+                .placement(guild)
+                .is_some_and(|p| &p.owner == from && p.owner != self.me);
+            if !from_owner {
+                let held = self.fenced.entry(from.clone()).or_default();
+                if hold && held.len() < self.config.max_unreplicated {
+                    held.push(event);
+                } else {
+                    self.fx.counters.fenced += 1;
+                }
+                continue;
+            }
             let replica = self.replicas.entry(guild).or_default();
             if event.seq > replica.last {
                 if event.seq != replica.last.next() {

@@ -496,7 +496,11 @@ fn acked_survive_a_crash(seed: u64, before: usize, after: usize, victim: usize, 
         .iter()
         .map(|&i| sim.records[&n(i)].rejected.len())
         .sum();
-    assert_eq!(rejected, 0);
+    let why: Vec<_> = live
+        .iter()
+        .flat_map(|&i| sim.records[&n(i)].rejected.clone())
+        .collect();
+    assert_eq!(rejected, 0, "{why:?}");
     for id in (before as u64 + 1)..=(before + after) as u64 {
         assert!(
             acked.contains(&PublishId(id)),
@@ -894,6 +898,61 @@ fn a_lost_forward_is_sent_again_by_the_resend_timer_and_sequenced_once() {
     );
     assert_eq!(sim.delivered(2, g), vec![1]);
     assert_eq!(sim.router(0).owned_seq(GuildId(g)), Some(GuildSeq(1)));
+}
+
+#[test]
+fn a_stale_owner_cannot_acknowledge_what_the_new_owner_misses() {
+    let mut sim = Sim::new(3, ClusterConfig::default(), 12);
+    let g = 30; // owner n0, replica n1
+    let subscribed = [(1, g), (2, g)];
+    sim.subscribe(1, g);
+    sim.subscribe(2, g);
+    sim.publish(1, g).unwrap();
+    sim.run();
+    // n1 and n2 declare n0 dead (a partition, not a crash): n1 owns g now. n0 does not
+    // know yet and still sequences publishes made on it.
+    sim.ring.live.remove(&n(0));
+    sim.update_ring(&n(1));
+    sim.update_ring(&n(2));
+    let stale = sim.publish(0, g).unwrap();
+    let fresh = sim.publish(2, g).unwrap();
+    sim.settle();
+    let acked: BTreeSet<PublishId> = sim.acked().iter().map(|a| a.0).collect();
+    assert!(acked.contains(&fresh), "the new owner acknowledges");
+    assert!(
+        !acked.contains(&stale),
+        "the replica refused the stale owner, so nothing acknowledged it"
+    );
+    assert!(
+        sim.router(1).counters().fenced == 0,
+        "held until the next ring change"
+    );
+    assert_eq!(sim.delivered(2, g), vec![1, 2]);
+
+    // n0 learns the ring: its pending publish goes to the new owner, sequenced once.
+    sim.update_ring(&n(0));
+    sim.run();
+    let acked: BTreeSet<PublishId> = sim.acked().iter().map(|a| a.0).collect();
+    assert!(acked.contains(&stale));
+    assert_eq!(sim.delivered(1, g), vec![1, 2, 3]);
+    assert_eq!(sim.delivered(2, g), vec![1, 2, 3]);
+    sim.check(&subscribed);
+}
+
+#[test]
+fn a_node_alone_in_its_ring_refuses_once_it_has_seen_others() {
+    let mut sim = Sim::new(3, ClusterConfig::default(), 13);
+    let g = 30;
+    // n0 is cut off from both others and its ring holds only itself.
+    sim.ring.live = [n(0)].into_iter().collect();
+    sim.nodes.get_mut(&n(0)).unwrap().require_replica(true);
+    sim.update_ring(&n(0));
+    assert_eq!(sim.publish(0, g), Err(PublishError::NoReplica));
+    // Never having seen another node, it acknowledges alone.
+    sim.nodes.get_mut(&n(0)).unwrap().require_replica(false);
+    assert!(sim.publish(0, g).is_ok());
+    sim.settle();
+    assert_eq!(sim.acked().len(), 1);
 }
 
 #[test]
