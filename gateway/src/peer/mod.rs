@@ -72,6 +72,7 @@ use concord_router::continuity::{
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::view::build_ring;
 use crate::cluster::{ClusterView, NodeState};
 use crate::hub::{HubEvent, HubHandle, HubInput, session_nodes};
 use crate::session::SessionRef;
@@ -443,6 +444,8 @@ pub struct RouterTask {
     acks: Vec<(NodeId, u64)>,
     /// Releases our hub is doing for another node: our id -> (that node, its id).
     remote_releases: HashMap<u64, (NodeId, u64)>,
+    /// Whether the last ring given to the router had this node on it.
+    was_on_ring: bool,
 }
 
 impl RouterTask {
@@ -455,6 +458,9 @@ impl RouterTask {
     ) -> Self {
         let ring = view.borrow().ring.clone();
         let ring_version = view.borrow().ring_version();
+        let was_on_ring = ring
+            .as_ref()
+            .is_some_and(|r| r.members().iter().any(|m| m.id() == &me));
         RouterTask {
             router: ClusterRouter::new(me.clone(), ClusterConfig::default(), ring),
             me,
@@ -480,6 +486,7 @@ impl RouterTask {
             hub_releases: Vec::new(),
             acks: Vec::new(),
             remote_releases: HashMap::new(),
+            was_on_ring,
         }
     }
 
@@ -652,6 +659,28 @@ impl RouterTask {
         let version = view.ring_version();
         if version != self.ring_version {
             self.ring_version = version;
+            let on_ring = |ring: &Option<Arc<Ring>>| {
+                ring.as_ref()
+                    .is_some_and(|r| r.members().iter().any(|m| m.id() == &self.me))
+            };
+            if on_ring(&view.ring) && !self.was_on_ring {
+                // Joining (or rejoining after a restart): the guilds this node takes
+                // over were held by the other members. The router asks a guild's
+                // previous placement for its log, so first give it the ring as it
+                // stood without this node; a router that never saw it would restart
+                // those guilds' sequences.
+                let others = view.ring.as_ref().map(|r| {
+                    r.members()
+                        .iter()
+                        .map(|m| m.id().clone())
+                        .filter(|id| id != &self.me)
+                        .collect::<Vec<_>>()
+                });
+                if let Some(before) = others.and_then(|ids| build_ring(view.ring_config, ids)) {
+                    self.router.ring_changed(Some(before));
+                }
+            }
+            self.was_on_ring = on_ring(&view.ring);
             self.router.ring_changed(view.ring.clone());
         }
     }
@@ -1189,6 +1218,8 @@ impl RouterTask {
                 Output::Resync { guild } => {
                     tracing::warn!(
                         %guild,
+                        owned_seq = ?self.router.owned_seq(guild),
+                        delivered_seq = ?self.router.delivered_seq(guild),
                         "guild events were lost for this node (resync); invalidating its sessions"
                     );
                     crate::metrics::peer_resync();

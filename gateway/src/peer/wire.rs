@@ -128,10 +128,12 @@ pub fn encode(frame: PeerFrame) -> pb::PeerFrame {
             guild,
             events,
             last_seq,
+            still_owner,
         } => Kind::LogTransfer(pb::LogTransfer {
             guild_id: guild.0,
             events: events.into_iter().map(encode_event).collect(),
             last_seq: last_seq.0,
+            still_owner,
         }),
         PeerFrame::LogFetch {
             guild,
@@ -487,6 +489,7 @@ pub fn decode(frame: pb::PeerFrame) -> Result<PeerFrame, WireError> {
             guild: GuildId(t.guild_id),
             events: decode_events(t.events)?,
             last_seq: GuildSeq(t.last_seq),
+            still_owner: t.still_owner,
         },
         Kind::LogFetch(f) => PeerFrame::LogFetch {
             guild: GuildId(f.guild_id),
@@ -661,11 +664,13 @@ mod tests {
                 guild: g,
                 events: vec![event(4), event(5)],
                 last_seq: GuildSeq(5),
+                still_owner: true,
             },
             PeerFrame::LogTransfer {
                 guild: g,
                 events: Vec::new(),
                 last_seq: GuildSeq(0),
+                still_owner: false,
             },
             PeerFrame::LogFetch {
                 guild: g,
@@ -806,6 +811,7 @@ mod tests {
                 guild_id: 7,
                 events: vec![pb::GuildEvent::default()],
                 last_seq: 1,
+                still_owner: false,
             })),
         };
         assert_eq!(decode(transfer), Err(WireError::EmptyNodeId));

@@ -56,8 +56,10 @@ impl NodeProc {
     }
 
     pub fn spawn_with(id: &str, ports: Ports, seeds: &[SocketAddr], extra: &[&str]) -> NodeProc {
+        static SPAWNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = SPAWNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = std::env::temp_dir().join(format!(
-            "concord-cluster-test-{}-{id}.log",
+            "concord-cluster-test-{}-{id}-{n}.log",
             std::process::id()
         ));
         let file = std::fs::OpenOptions::new()
@@ -127,6 +129,9 @@ impl Drop for NodeProc {
                 eprintln!("{line}");
             }
         }
-        let _ = std::fs::remove_file(&self.log);
+        // CONCORD_TEST_KEEP_LOGS=1 keeps them (in the temp dir) for a closer look.
+        if std::env::var_os("CONCORD_TEST_KEEP_LOGS").is_none() {
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
 }

@@ -125,6 +125,9 @@ pub enum PeerFrame {
         events: Vec<GuildEvent>,
         /// The highest sequence this node knows was replicated (0 if it holds nothing).
         last_seq: GuildSeq,
+        /// The answering node's ring still makes it the guild's owner: the asker must
+        /// not take over yet (a final transfer follows when the answerer is demoted).
+        still_owner: bool,
     },
     /// Any node -> the guild's owner: send me the replicated events after `after` that
     /// you hold (a resumed session's replay is rebuilt from them).

@@ -182,8 +182,11 @@ struct ReplicaLog {
 /// restarting.
 #[derive(Debug, Default)]
 struct Handoff {
-    /// Previous holders asked that have not answered yet (nor been declared down).
-    waiting: BTreeSet<NodeId>,
+    /// Previous holders not done yet (nor declared down), each with the requests sent
+    /// to it and not answered yet: links are FIFO, so only the answer to the last
+    /// request reflects everything the holder had when it was asked. A holder that
+    /// answered "still the owner" stays here (with 0) until its final transfer.
+    waiting: BTreeMap<NodeId, u32>,
     /// [`ClusterRouter::resend_stale`] calls since it began.
     ticks: u32,
     /// Events learned so far, at most `log_capacity` (the newest are kept: they are the
@@ -193,6 +196,12 @@ struct Handoff {
     last_seq: GuildSeq,
     /// Forwards that arrived meanwhile, in arrival order, at most `max_unreplicated`.
     held: VecDeque<HeldForward>,
+    /// Every holder asked.
+    asked: BTreeSet<NodeId>,
+    /// Holders that answered while still sequencing the guild: if one goes down before
+    /// its final transfer, its replica holds what it acknowledged since, so the others
+    /// are asked again.
+    still_owner: BTreeSet<NodeId>,
 }
 
 /// A forward waiting for its guild's handoff to end.
@@ -330,6 +339,9 @@ pub struct ClusterRouter<P> {
     /// the next ring change (ours may be the stale ring), at most `max_unreplicated` per
     /// sender.
     fenced: BTreeMap<NodeId, Vec<GuildEvent>>,
+    /// Nodes that asked for the log of a guild we still owned in our ring: each gets a
+    /// final [`PeerFrame::LogTransfer`] once our ring demotes us.
+    asked_while_owner: BTreeMap<GuildId, BTreeSet<NodeId>>,
     fx: Effects,
 }
 
@@ -355,6 +367,7 @@ impl<P: Placements> ClusterRouter<P> {
             fetches: BTreeMap::new(),
             require_replica: false,
             fenced: BTreeMap::new(),
+            asked_while_owner: BTreeMap::new(),
             fx: Effects::default(),
         }
     }
@@ -524,7 +537,8 @@ impl<P: Placements> ClusterRouter<P> {
                 guild,
                 events,
                 last_seq,
-            } => self.on_log_transfer(from, guild, events, last_seq),
+                still_owner,
+            } => self.on_log_transfer(from, guild, events, last_seq, still_owner),
             PeerFrame::LogFetch {
                 guild,
                 after,
@@ -779,6 +793,20 @@ impl<P: Placements> ClusterRouter<P> {
 
         self.retired = retired;
 
+        // Nodes that asked for a log while we still owned the guild: now that we do not,
+        // they get everything we acknowledged.
+        let demoted: Vec<GuildId> = self
+            .asked_while_owner
+            .keys()
+            .filter(|g| !self.owned.contains_key(g) && !self.handoffs.contains_key(g))
+            .copied()
+            .collect();
+        for guild in demoted {
+            for node in self.asked_while_owner.remove(&guild).unwrap_or_default() {
+                self.send_log(&node, guild, false);
+            }
+        }
+
         // Peers that subscribed to us: serve those of guilds we now own.
         let peer_guilds: Vec<GuildId> = self.peers.keys().copied().collect();
         for guild in peer_guilds {
@@ -846,6 +874,7 @@ impl<P: Placements> ClusterRouter<P> {
     /// Membership declared `node` dead: forget its subscriptions. (Its guilds move with
     /// the next [`ClusterRouter::ring_changed`].)
     pub fn peer_down(&mut self, node: &NodeId) {
+        self.fenced.remove(node);
         self.peers.retain(|_, peers| {
             peers.remove(node);
             !peers.is_empty()
@@ -855,15 +884,97 @@ impl<P: Placements> ClusterRouter<P> {
             self.down.pop_first();
         }
         self.down.insert(node.clone());
-        // A dead holder will not answer: handoffs stop waiting for it.
+        // A dead holder will not answer: handoffs stop waiting for it. One that gave no
+        // final answer (none at all, or "still the owner") may have replicated to the
+        // others after they answered: ask them again.
         let mut done = Vec::new();
         for (guild, h) in &mut self.handoffs {
-            if h.waiting.remove(node) && h.waiting.is_empty() {
+            let unfinished = h.still_owner.remove(node) | h.waiting.contains_key(node);
+            if unfinished {
+                for other in h
+                    .asked
+                    .iter()
+                    .filter(|n| *n != node && !self.down.contains(*n))
+                {
+                    *h.waiting.entry(other.clone()).or_default() += 1;
+                    self.fx
+                        .send(other.clone(), PeerFrame::LogRequest { guild: *guild });
+                }
+            }
+            if h.waiting.remove(node).is_some() && h.waiting.is_empty() {
                 done.push(*guild);
             }
         }
         for guild in done {
             self.finish_handoff(guild);
+        }
+    }
+
+    /// Peer `node` restarted (membership saw a new generation of it): it lost every
+    /// subscription, log and pending answer it had, while the ring may not have changed
+    /// at all (it came back before anyone saw it leave). Forget its subscriptions to
+    /// us, send it again our subscriptions, forwards, fetches and log requests, and our
+    /// owned guilds' logs if it is their replica.
+    pub fn peer_restarted(&mut self, node: &NodeId) {
+        self.down.remove(node);
+        // What its old incarnation sent us and we held is not its to vouch for now.
+        self.fenced.remove(node);
+        self.peers.retain(|_, peers| {
+            peers.remove(node);
+            !peers.is_empty()
+        });
+        let replicated: Vec<GuildId> = self
+            .owned
+            .iter()
+            .filter(|(_, o)| o.replica.as_ref() == Some(node))
+            .map(|(g, _)| *g)
+            .collect();
+        for guild in replicated {
+            if let Some(owned) = self.owned.get(&guild) {
+                self.to_replicate
+                    .entry(node.clone())
+                    .or_default()
+                    .extend(owned.log.iter().cloned());
+            }
+        }
+        let subscribed: Vec<GuildId> = self
+            .subscriptions
+            .iter()
+            .filter(|(_, s)| s.owner.as_ref() == Some(node))
+            .map(|(g, _)| *g)
+            .collect();
+        for guild in subscribed {
+            self.subscribe_to_owner(guild);
+        }
+        let pending: Vec<PublishId> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| &p.sent_to == node)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in pending {
+            self.route_pending(id, true);
+        }
+        for (id, f) in &mut self.fetches {
+            if &f.sent_to == node {
+                self.fx.send(
+                    node.clone(),
+                    PeerFrame::LogFetch {
+                        guild: f.guild,
+                        after: f.after,
+                        fetch: *id,
+                    },
+                );
+            }
+        }
+        for (guild, h) in &mut self.handoffs {
+            if h.waiting.contains_key(node) {
+                // Its answers in flight died with it: one request, fresh.
+                h.waiting.insert(node.clone(), 1);
+                h.still_owner.remove(node);
+                self.fx
+                    .send(node.clone(), PeerFrame::LogRequest { guild: *guild });
+            }
         }
     }
 
@@ -881,7 +992,8 @@ impl<P: Placements> ClusterRouter<P> {
             if h.ticks >= HANDOFF_TICKS {
                 expired.push(*guild);
             } else {
-                for node in &h.waiting {
+                for (node, outstanding) in &mut h.waiting {
+                    *outstanding += 1;
                     self.fx
                         .send(node.clone(), PeerFrame::LogRequest { guild: *guild });
                 }
@@ -996,7 +1108,8 @@ impl<P: Placements> ClusterRouter<P> {
         self.handoffs.insert(
             guild,
             Handoff {
-                waiting: holders,
+                waiting: holders.iter().map(|n| (n.clone(), 1)).collect(),
+                asked: holders,
                 ..Handoff::default()
             },
         );
@@ -1036,6 +1149,21 @@ impl<P: Placements> ClusterRouter<P> {
     /// replicated events only (unreplicated ones were never acknowledged, and their
     /// origins send them again).
     fn on_log_request(&mut self, from: &NodeId, guild: GuildId) {
+        // Our ring still makes us the owner: the asker's ring is newer, or its request
+        // is stale. Either way it must not take over yet; it hears from us again when
+        // our ring demotes us, with everything we acknowledged meanwhile.
+        let still_owner = self.owned.contains_key(&guild) || self.handoffs.contains_key(&guild);
+        if still_owner {
+            self.asked_while_owner
+                .entry(guild)
+                .or_default()
+                .insert(from.clone());
+        }
+        self.send_log(from, guild, still_owner);
+    }
+
+    /// Answers a log request with what we hold of `guild`.
+    fn send_log(&mut self, to: &NodeId, guild: GuildId, still_owner: bool) {
         let (events, last_seq) = if let Some(o) = self.owned.get(&guild) {
             let events = o
                 .log
@@ -1050,11 +1178,12 @@ impl<P: Placements> ClusterRouter<P> {
             (Vec::new(), GuildSeq(0))
         };
         self.fx.send(
-            from.clone(),
+            to.clone(),
             PeerFrame::LogTransfer {
                 guild,
                 events,
                 last_seq,
+                still_owner,
             },
         );
     }
@@ -1065,13 +1194,25 @@ impl<P: Placements> ClusterRouter<P> {
         guild: GuildId,
         events: Vec<GuildEvent>,
         last_seq: GuildSeq,
+        still_owner: bool,
     ) {
         let capacity = self.config.log_capacity;
         let Some(h) = self.handoffs.get_mut(&guild) else {
             return; // Late (the handoff ended) or unasked: nothing to do.
         };
-        if !h.waiting.remove(from) {
+        // A holder that still sequences the guild stays awaited (its final transfer
+        // comes when its ring demotes it; the handoff's tick bound still applies).
+        let Some(outstanding) = h.waiting.get_mut(from) else {
             return;
+        };
+        *outstanding = outstanding.saturating_sub(1);
+        if still_owner {
+            h.still_owner.insert(from.clone());
+        } else {
+            h.still_owner.remove(from);
+            if *outstanding == 0 {
+                h.waiting.remove(from);
+            }
         }
         h.last_seq = h.last_seq.max(last_seq);
         for e in events {
@@ -1450,8 +1591,12 @@ impl<P: Placements> ClusterRouter<P> {
                 .placement(guild)
                 .is_some_and(|p| &p.owner == from && p.owner != self.me);
             if !from_owner {
+                // Held only while a third node owns it in our ring (ours may be stale and
+                // the sender the new owner). If we own it ourselves, the sender is a
+                // rival owner on a stale ring: never apply its events.
+                let ours = self.owned.contains_key(&guild) || self.handoffs.contains_key(&guild);
                 let held = self.fenced.entry(from.clone()).or_default();
-                if hold && held.len() < self.config.max_unreplicated {
+                if hold && !ours && held.len() < self.config.max_unreplicated {
                     held.push(event);
                 } else {
                     self.fx.counters.fenced += 1;
@@ -1459,6 +1604,16 @@ impl<P: Placements> ClusterRouter<P> {
                 continue;
             }
             let replica = self.replicas.entry(guild).or_default();
+            let diverged = event.seq <= replica.last
+                && replica.log.iter().any(|e| {
+                    e.seq == event.seq
+                        && (e.origin != event.origin || e.publish_id != event.publish_id)
+                });
+            if diverged {
+                // An old owner's unacknowledged tail: the current owner's log wins.
+                replica.log.retain(|e| e.seq < event.seq);
+                replica.last = GuildSeq(event.seq.0 - 1);
+            }
             if event.seq > replica.last {
                 if event.seq != replica.last.next() {
                     // We missed events (we just became the replica): our copy starts here.
@@ -1603,7 +1758,11 @@ impl<P: Placements> ClusterRouter<P> {
         let Some(p) = self.pending.get_mut(&id) else {
             return;
         };
-        let Some(placement) = self.placements.placement(p.guild) else {
+        let guild = p.guild;
+        let Some(placement) = self.placements.placement(guild) else {
+            return;
+        };
+        let Some(p) = self.pending.get_mut(&id) else {
             return;
         };
         let owner = placement.owner;
