@@ -23,6 +23,8 @@ pub struct AdminState {
     pub dicts: Arc<crate::dicts::DictStore>,
     /// Membership and ring, for `/cluster`.
     pub cluster: tokio::sync::watch::Receiver<Arc<crate::cluster::ClusterView>>,
+    /// Clustered: guild handoffs under way (the node is not ready until none is).
+    pub handoffs: Option<Arc<std::sync::atomic::AtomicUsize>>,
 }
 
 /// The admin routes.
@@ -75,8 +77,28 @@ async fn cluster(State(s): State<AdminState>) -> axum::Json<serde_json::Value> {
 }
 
 async fn readyz(State(s): State<AdminState>) -> (StatusCode, String) {
+    let on_ring = {
+        let view = s.cluster.borrow();
+        view.ring
+            .as_ref()
+            .is_some_and(|r| r.members().iter().any(|m| m.id() == &view.node_id))
+    };
+    let handoffs = s
+        .handoffs
+        .as_ref()
+        .map_or(0, |h| h.load(std::sync::atomic::Ordering::Relaxed));
     if s.drain.is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n".into())
+    } else if !on_ring {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "joining: not on the ring yet\n".into(),
+        )
+    } else if handoffs > 0 {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("taking over: collecting the logs of {handoffs} guilds\n"),
+        )
     } else {
         (
             StatusCode::OK,

@@ -159,6 +159,11 @@ pub enum HubInput {
         /// The user the resuming client's token names.
         user: UserId,
     },
+    /// Node `node` restarted: the session replicas it held are gone; open them again.
+    ReplicaRestarted {
+        /// The node.
+        node: NodeId,
+    },
     /// Replica node `node` applied every op batch up to `batch`.
     ReplicaAck {
         /// The replica node.
@@ -561,6 +566,7 @@ impl Hub {
                 user,
             } => self.release(request, session, user),
             HubInput::ReplicaAck { node, batch } => self.replica_ack(&node, batch),
+            HubInput::ReplicaRestarted { node } => self.replica_restarted(&node),
         }
     }
 
@@ -801,6 +807,27 @@ impl Hub {
                 }
                 session.wake.notify_one();
             }
+        }
+    }
+
+    /// `node` restarted: every session replicated there is opened again (with `sync`,
+    /// writes wait for the new incarnation's ack; the old one's never comes).
+    fn replica_restarted(&mut self, node: &NodeId) {
+        let Some(r) = &mut self.replication else {
+            return;
+        };
+        r.waiting.remove(node);
+        let sessions: Vec<SessionRef> = r
+            .registry
+            .all()
+            .into_iter()
+            .filter(|s| s.lock().replica.as_ref() == Some(node))
+            .collect();
+        if !sessions.is_empty() {
+            tracing::info!(peer = %node, sessions = sessions.len(), "replica node restarted: opening its session replicas again");
+        }
+        for session in sessions {
+            self.replicate_open(&session);
         }
     }
 

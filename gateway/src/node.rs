@@ -203,15 +203,16 @@ pub async fn start(config: Config, listeners: Listeners) -> io::Result<Node> {
     let (hub, hub_task) = hub.spawn();
     // Clustered: guild publishes go through the owner, over peer links.
     let mut peer_server = None;
+    let mut handoffs = None;
     let router = if clustered {
         let me = cluster_view.borrow().node_id.clone();
         let settings = SessionSettings {
             max_entries: config.replay.max_events,
             resume_window: config.resume_window,
         };
-        let (router, _router_task) =
-            RouterTask::new(me.clone(), hub.clone(), cluster_view.clone(), settings)
-                .spawn(subs_rx, stop.clone());
+        let task = RouterTask::new(me.clone(), hub.clone(), cluster_view.clone(), settings);
+        handoffs = Some(task.handoff_gauge());
+        let (router, _router_task) = task.spawn(subs_rx, stop.clone());
         let key = PeerKey::new(
             config
                 .cluster_secret
@@ -300,6 +301,7 @@ pub async fn start(config: Config, listeners: Listeners) -> io::Result<Node> {
         registry: registry.clone(),
         dicts: dicts.clone(),
         cluster: cluster_view.clone(),
+        handoffs,
     });
     let admin_server = tokio::spawn(
         axum::serve(listeners.admin, admin_router)

@@ -173,34 +173,36 @@ pub async fn dial_peers(
     mut view: watch::Receiver<Arc<ClusterView>>,
     stop: CancellationToken,
 ) {
-    let mut dialers: HashMap<NodeId, (SocketAddr, CancellationToken)> = HashMap::new();
+    // Keyed by address and generation: a peer that restarted (same address, new
+    // generation) is dialled at once, not after the backoff its old incarnation grew.
+    let mut dialers: HashMap<NodeId, ((SocketAddr, u64), CancellationToken)> = HashMap::new();
     loop {
         let snapshot = view.borrow_and_update().clone();
-        let wanted: HashMap<NodeId, SocketAddr> = snapshot
+        let wanted: HashMap<NodeId, (SocketAddr, u64)> = snapshot
             .members
             .iter()
             .filter(|m| m.node_id.as_str() > me.as_str() && m.state != NodeState::Down)
-            .filter_map(|m| m.peer_addr.map(|a| (m.node_id.clone(), a)))
+            .filter_map(|m| m.peer_addr.map(|a| (m.node_id.clone(), (a, m.generation))))
             .collect();
-        dialers.retain(|node, (addr, token)| {
-            let keep = wanted.get(node) == Some(addr);
+        dialers.retain(|node, (target, token)| {
+            let keep = wanted.get(node) == Some(target);
             if !keep {
                 token.cancel();
             }
             keep
         });
-        for (node, addr) in wanted {
+        for (node, target) in wanted {
             dialers.entry(node.clone()).or_insert_with(|| {
                 let token = stop.child_token();
                 tokio::spawn(dial_loop(
                     me.clone(),
                     key.clone(),
                     node,
-                    addr,
+                    target.0,
                     router.clone(),
                     token.clone(),
                 ));
-                (addr, token)
+                (target, token)
             });
         }
         tokio::select! {

@@ -446,6 +446,12 @@ pub struct RouterTask {
     remote_releases: HashMap<u64, (NodeId, u64)>,
     /// Whether the last ring given to the router had this node on it.
     was_on_ring: bool,
+    /// Guild handoffs under way, for readiness (`/readyz`).
+    handoffs: Arc<std::sync::atomic::AtomicUsize>,
+    /// Members' generations, to notice a restart the ring does not show.
+    generations: HashMap<NodeId, u64>,
+    /// Peers that restarted, for the hub to re-open their session replicas.
+    restarted: Vec<NodeId>,
 }
 
 impl RouterTask {
@@ -461,8 +467,23 @@ impl RouterTask {
         let was_on_ring = ring
             .as_ref()
             .is_some_and(|r| r.members().iter().any(|m| m.id() == &me));
+        // A node that comes up already on a ring with others (it rejoined at once)
+        // starts from the ring as it stood without it, like a joining node, so it asks
+        // the guilds' previous holders for their logs instead of restarting sequences.
+        let before = ring
+            .as_ref()
+            .filter(|_| was_on_ring)
+            .and_then(|r| without(r, view.borrow().ring_config, &me));
+        let mut router = ClusterRouter::new(
+            me.clone(),
+            ClusterConfig::default(),
+            before.clone().or_else(|| ring.clone()),
+        );
+        if before.is_some() {
+            router.ring_changed(ring);
+        }
         RouterTask {
-            router: ClusterRouter::new(me.clone(), ClusterConfig::default(), ring),
+            router,
             me,
             hub,
             view,
@@ -487,7 +508,16 @@ impl RouterTask {
             acks: Vec::new(),
             remote_releases: HashMap::new(),
             was_on_ring,
+            handoffs: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            generations: HashMap::new(),
+            restarted: Vec::new(),
         }
+    }
+
+    /// How many guild handoffs are under way (updated after every burst of inputs): a
+    /// node that just joined is not ready until its guilds' logs arrived.
+    pub fn handoff_gauge(&self) -> Arc<std::sync::atomic::AtomicUsize> {
+        self.handoffs.clone()
     }
 
     /// Starts the task; it ends on `stop` or when every handle is dropped. `subs` is
@@ -537,6 +567,10 @@ impl RouterTask {
             self.drain_outputs().await;
             self.send_outbox();
             self.export_metrics();
+            self.handoffs.store(
+                self.router.handoffs_in_progress(),
+                std::sync::atomic::Ordering::Relaxed,
+            );
             for reply in counters_replies {
                 let _ = reply.send(self.router.counters().clone());
             }
@@ -646,6 +680,14 @@ impl RouterTask {
             if m.node_id == self.me {
                 continue;
             }
+            // A new generation: it restarted and lost everything it held, even if it
+            // came back before the ring changed.
+            let before = self.generations.insert(m.node_id.clone(), m.generation);
+            if before.is_some_and(|g| g < m.generation) {
+                tracing::info!(peer = %m.node_id, "peer restarted: sending it our state again");
+                self.router.peer_restarted(&m.node_id);
+                self.restarted.push(m.node_id.clone());
+            }
             if m.state == NodeState::Down {
                 if self.down.insert(m.node_id.clone()) {
                     self.router.peer_down(&m.node_id);
@@ -669,14 +711,11 @@ impl RouterTask {
                 // previous placement for its log, so first give it the ring as it
                 // stood without this node; a router that never saw it would restart
                 // those guilds' sequences.
-                let others = view.ring.as_ref().map(|r| {
-                    r.members()
-                        .iter()
-                        .map(|m| m.id().clone())
-                        .filter(|id| id != &self.me)
-                        .collect::<Vec<_>>()
-                });
-                if let Some(before) = others.and_then(|ids| build_ring(view.ring_config, ids)) {
+                if let Some(before) = view
+                    .ring
+                    .as_ref()
+                    .and_then(|r| without(r, view.ring_config, &self.me))
+                {
                     self.router.ring_changed(Some(before));
                 }
             }
@@ -1239,6 +1278,16 @@ impl RouterTask {
                 } => self.fetched(fetch, guild, events),
             }
         }
+        for node in std::mem::take(&mut self.restarted) {
+            if self
+                .hub
+                .send(HubInput::ReplicaRestarted { node })
+                .await
+                .is_err()
+            {
+                tracing::debug!("hub stopped; cannot re-open session replicas");
+            }
+        }
         for (node, batch) in std::mem::take(&mut self.acks) {
             if self
                 .hub
@@ -1312,7 +1361,28 @@ impl RouterTask {
                 crate::metrics::peer_frames(kind.as_str(), d);
             }
         }
+        if now.fresh_sequences > self.exported.fresh_sequences
+            || now.handoff_timeouts > self.exported.handoff_timeouts
+        {
+            tracing::warn!(
+                fresh_sequences = now.fresh_sequences - self.exported.fresh_sequences,
+                handoff_timeouts = now.handoff_timeouts - self.exported.handoff_timeouts,
+                "took over guilds without their whole log; subscribers ahead resync"
+            );
+        }
         crate::metrics::peer_router_counters(&self.exported, now);
         self.exported = now.clone();
     }
+}
+
+/// `ring` without `me`: what the other members had before `me` joined (`None` if no one
+/// else is on it).
+fn without(ring: &Ring, config: concord_ring::RingConfig, me: &NodeId) -> Option<Arc<Ring>> {
+    let others: Vec<NodeId> = ring
+        .members()
+        .iter()
+        .map(|m| m.id().clone())
+        .filter(|id| id != me)
+        .collect();
+    build_ring(config, others)
 }

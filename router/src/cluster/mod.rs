@@ -268,6 +268,11 @@ pub struct ClusterCounters {
     /// Replicated events refused because the sender is not the guild's owner in this
     /// node's ring (fencing a stale owner).
     pub fenced: u64,
+    /// Guilds this node began to own with a fresh sequence although a previous ring
+    /// existed (nobody to ask, or past `max_handoffs`): subscribers ahead resync.
+    pub fresh_sequences: u64,
+    /// Log handoffs that ended on the tick bound with holders still silent.
+    pub handoff_timeouts: u64,
 }
 
 impl ClusterCounters {

@@ -204,6 +204,34 @@ struct Handoff {
     still_owner: BTreeSet<NodeId>,
 }
 
+impl Handoff {
+    /// The log learned: the newest contiguous run of events ending at the highest
+    /// replicated seq reported (none if they do not reach it: a log with a hole would
+    /// serve gap fills wrongly, so subscribers behind resync instead).
+    fn into_log(self) -> ReplicaLog {
+        let mut log = VecDeque::new();
+        for (seq, e) in self.events.into_iter().rev() {
+            if log
+                .front()
+                .is_some_and(|f: &GuildEvent| f.seq.0 != seq.0 + 1)
+            {
+                break;
+            }
+            log.push_front(e);
+        }
+        if log
+            .back()
+            .is_some_and(|e: &GuildEvent| e.seq != self.last_seq)
+        {
+            log.clear();
+        }
+        ReplicaLog {
+            log,
+            last: self.last_seq,
+        }
+    }
+}
+
 /// A forward waiting for its guild's handoff to end.
 #[derive(Debug)]
 struct HeldForward {
@@ -212,6 +240,9 @@ struct HeldForward {
     event_type: Arc<str>,
     body: Bytes,
 }
+
+/// Rings remembered for log handoffs (the current one aside).
+const RING_HISTORY: usize = 4;
 
 /// Resend ticks after which a handoff proceeds with what it learned: a holder that was
 /// neither declared down nor answered by then is treated as gone.
@@ -301,7 +332,7 @@ pub struct ClusterRouter<P> {
     config: ClusterConfig,
     placements: P,
     /// The placements before the last ring change: whom a new owner asks for a log.
-    previous: Option<P>,
+    previous: VecDeque<P>,
     /// Guilds this node owns but whose log it is still collecting, at most
     /// `max_handoffs`.
     handoffs: BTreeMap<GuildId, Handoff>,
@@ -342,6 +373,8 @@ pub struct ClusterRouter<P> {
     /// Nodes that asked for the log of a guild we still owned in our ring: each gets a
     /// final [`PeerFrame::LogTransfer`] once our ring demotes us.
     asked_while_owner: BTreeMap<GuildId, BTreeSet<NodeId>>,
+    /// Logs demoted owners handed us unasked, for when we take their guilds over.
+    offered: BTreeMap<GuildId, ReplicaLog>,
     fx: Effects,
 }
 
@@ -352,7 +385,7 @@ impl<P: Placements> ClusterRouter<P> {
             me,
             config,
             placements,
-            previous: None,
+            previous: VecDeque::new(),
             handoffs: BTreeMap::new(),
             retired: BTreeMap::new(),
             down: BTreeSet::new(),
@@ -368,6 +401,7 @@ impl<P: Placements> ClusterRouter<P> {
             require_replica: false,
             fenced: BTreeMap::new(),
             asked_while_owner: BTreeMap::new(),
+            offered: BTreeMap::new(),
             fx: Effects::default(),
         }
     }
@@ -395,6 +429,12 @@ impl<P: Placements> ClusterRouter<P> {
     /// What the router has done so far.
     pub fn counters(&self) -> &ClusterCounters {
         &self.fx.counters
+    }
+
+    /// Guilds this node owns whose log it is still collecting from their previous
+    /// holders (it is not ready to serve them yet).
+    pub fn handoffs_in_progress(&self) -> usize {
+        self.handoffs.len()
     }
 
     /// Publishes this node originated that await acknowledgement.
@@ -730,8 +770,11 @@ impl<P: Placements> ClusterRouter<P> {
     /// owns without their log start a log handoff from their previous placement (see
     /// the module docs); the placements replaced here are kept for that, the last only.
     pub fn ring_changed(&mut self, placements: P) {
-        // Only the last previous ring is kept: it names who held each guild's log.
-        self.previous = Some(std::mem::replace(&mut self.placements, placements));
+        // The last few rings are kept: they name who held each guild's log (a guild
+        // this node owned in the last one but never touched is looked up further back).
+        self.previous
+            .push_front(std::mem::replace(&mut self.placements, placements));
+        self.previous.truncate(RING_HISTORY);
         // Logs we stop holding now are kept until the next ring change, for new owners'
         // log requests; older retired logs are dropped (bounded by what we held).
         let mut retired = BTreeMap::new();
@@ -747,13 +790,18 @@ impl<P: Placements> ClusterRouter<P> {
             if still_owner {
                 continue;
             }
-            let Some(h) = self.handoffs.remove(&guild) else {
+            let Some(mut h) = self.handoffs.remove(&guild) else {
                 continue;
             };
-            for f in h.held {
+            for f in std::mem::take(&mut h.held) {
                 if f.origin != self.me {
                     self.on_forward(f.origin, f.publish_id, guild, f.event_type, f.body, 1);
                 }
+            }
+            // What it collected may be the only copy a later owner can find (the holders
+            // it came from may be gone by then): keep it like any log we stop holding.
+            if h.last_seq > GuildSeq(0) {
+                retired.insert(guild, h.into_log());
             }
         }
 
@@ -768,7 +816,21 @@ impl<P: Placements> ClusterRouter<P> {
                 // re-send theirs.
                 _ => {
                     if let Some(owned) = self.owned.remove(&guild) {
-                        retired.insert(guild, owned.retire());
+                        let log = owned.retire();
+                        // Hand the log to the new owner now (a drain or rebalance),
+                        // rather than only when it asks: we may be gone by then.
+                        if let Some(p) = placement.filter(|p| p.owner != self.me) {
+                            self.fx.send(
+                                p.owner,
+                                PeerFrame::LogTransfer {
+                                    guild,
+                                    events: log.log.iter().cloned().collect(),
+                                    last_seq: log.last,
+                                    still_owner: false,
+                                },
+                            );
+                        }
+                        retired.insert(guild, log);
                     }
                     self.dirty.remove(&guild);
                 }
@@ -838,6 +900,12 @@ impl<P: Placements> ClusterRouter<P> {
         }
 
         self.route_fetches(false);
+
+        // Logs handed to us for guilds the new ring does not give us are not ours to keep.
+        let placements = &self.placements;
+        let me = &self.me;
+        self.offered
+            .retain(|g, _| placements.placement(*g).is_some_and(|p| &p.owner == me));
 
         // Replication we fenced on the old ring: apply what the new ring vouches for.
         for (from, events) in std::mem::take(&mut self.fenced) {
@@ -989,7 +1057,10 @@ impl<P: Placements> ClusterRouter<P> {
         let mut expired = Vec::new();
         for (guild, h) in &mut self.handoffs {
             h.ticks += 1;
-            if h.ticks >= HANDOFF_TICKS {
+            // An old owner that said it still sequences is waited for: taking over
+            // beside it would fork the sequence. It sends its final transfer when its
+            // ring demotes it, or is declared down.
+            if h.ticks >= HANDOFF_TICKS && h.still_owner.is_empty() {
                 expired.push(*guild);
             } else {
                 for (node, outstanding) in &mut h.waiting {
@@ -1000,6 +1071,7 @@ impl<P: Placements> ClusterRouter<P> {
             }
         }
         for guild in expired {
+            self.fx.counters.handoff_timeouts += 1;
             self.finish_handoff(guild);
         }
 
@@ -1090,14 +1162,34 @@ impl<P: Placements> ClusterRouter<P> {
         if self.handoffs.contains_key(&guild) {
             return false;
         }
-        if let Some(log) = self.replicas.remove(&guild) {
+        let mut holders = self.previous_holders(guild);
+        // After a ring flap (a node out and back), the previous ring may not name who
+        // holds the log, but the replica of the ring that is back often still does.
+        if !holders.is_empty()
+            && let Some(r) = placement.replica.clone().filter(|r| !self.down.contains(r))
+        {
+            holders.insert(r);
+        }
+        // Our replica copy and a log a demoted owner handed us: the newer seeds it.
+        let own_copy = match (self.replicas.remove(&guild), self.offered.remove(&guild)) {
+            (Some(a), Some(b)) => Some(if b.last > a.last { b } else { a }),
+            (a, b) => a.or(b),
+        };
+        if let Some(log) = own_copy.as_ref().filter(|_| holders.is_empty()) {
+            // The previous owner is gone and we held its log: we are its successor.
+            let log = ReplicaLog {
+                log: log.log.clone(),
+                last: log.last,
+            };
             self.install(guild, OwnedGuild::promoted(log, placement.replica.clone()));
             return true;
         }
-        let holders = self.previous_holders(guild);
         // Past `max_handoffs` a guild starts fresh, as if nobody held it: degraded
         // (subscribers ahead resync) but live, and memory stays bounded.
         if holders.is_empty() || self.handoffs.len() >= self.config.max_handoffs {
+            if !self.previous.is_empty() {
+                self.fx.counters.fresh_sequences += 1;
+            }
             self.owned
                 .insert(guild, OwnedGuild::fresh(placement.replica.clone()));
             return true;
@@ -1105,11 +1197,19 @@ impl<P: Placements> ClusterRouter<P> {
         for node in &holders {
             self.fx.send(node.clone(), PeerFrame::LogRequest { guild });
         }
+        // A copy of our own (we were a replica) may have gone stale while the ring
+        // moved: it counts as one holder's answer, not as the log.
+        let (events, last_seq) = match own_copy {
+            Some(r) => (r.log.into_iter().map(|e| (e.seq, e)).collect(), r.last),
+            None => (BTreeMap::new(), GuildSeq(0)),
+        };
         self.handoffs.insert(
             guild,
             Handoff {
                 waiting: holders.iter().map(|n| (n.clone(), 1)).collect(),
                 asked: holders,
+                events,
+                last_seq,
                 ..Handoff::default()
             },
         );
@@ -1129,16 +1229,19 @@ impl<P: Placements> ClusterRouter<P> {
         self.owned.insert(guild, owned);
     }
 
-    /// The nodes other than us, not declared down, that held `guild`'s log under the
-    /// previous ring (its owner and replica). Empty if we owned it then (whatever we had
-    /// is still ours) or there was no previous ring.
+    /// The nodes other than us, not declared down, that held `guild`'s log before: its
+    /// owner and replica in the newest remembered ring where another node owned it (a
+    /// ring where we owned it but never touched it tells nothing). Empty if no ring is
+    /// remembered or we owned it in all of them.
     fn previous_holders(&self, guild: GuildId) -> BTreeSet<NodeId> {
-        let Some(prev) = self.previous.as_ref().and_then(|p| p.placement(guild)) else {
+        let Some(prev) = self
+            .previous
+            .iter()
+            .filter_map(|p| p.placement(guild))
+            .find(|p| p.owner != self.me)
+        else {
             return BTreeSet::new();
         };
-        if prev.owner == self.me {
-            return BTreeSet::new();
-        }
         std::iter::once(prev.owner)
             .chain(prev.replica)
             .filter(|n| *n != self.me && !self.down.contains(n))
@@ -1198,21 +1301,43 @@ impl<P: Placements> ClusterRouter<P> {
     ) {
         let capacity = self.config.log_capacity;
         let Some(h) = self.handoffs.get_mut(&guild) else {
-            return; // Late (the handoff ended) or unasked: nothing to do.
-        };
-        // A holder that still sequences the guild stays awaited (its final transfer
-        // comes when its ring demotes it; the handoff's tick bound still applies).
-        let Some(outstanding) = h.waiting.get_mut(from) else {
+            // Unasked: a demoted owner handing us its log before we need it. Kept (the
+            // newest per guild, at most `max_handoffs` guilds) for when we take over.
+            let room =
+                self.offered.len() < self.config.max_handoffs || self.offered.contains_key(&guild);
+            let newer = self.offered.get(&guild).is_none_or(|o| o.last < last_seq);
+            if !still_owner && !self.owned.contains_key(&guild) && newer && room {
+                let log: VecDeque<GuildEvent> = events
+                    .into_iter()
+                    .filter(|e| e.guild == guild && e.seq <= last_seq)
+                    .collect();
+                self.offered.insert(
+                    guild,
+                    ReplicaLog {
+                        log,
+                        last: last_seq,
+                    },
+                );
+            }
             return;
         };
-        *outstanding = outstanding.saturating_sub(1);
-        if still_owner {
-            h.still_owner.insert(from.clone());
-        } else {
-            h.still_owner.remove(from);
-            if *outstanding == 0 {
-                h.waiting.remove(from);
+        // A holder that still sequences the guild stays awaited: its final transfer
+        // comes when its ring demotes it.
+        match h.waiting.get_mut(from) {
+            Some(outstanding) => {
+                *outstanding = outstanding.saturating_sub(1);
+                if still_owner {
+                    h.still_owner.insert(from.clone());
+                } else {
+                    h.still_owner.remove(from);
+                    if *outstanding == 0 {
+                        h.waiting.remove(from);
+                    }
+                }
             }
+            // Not awaited from this node (handed unasked): its replicated events count.
+            None if !still_owner => {}
+            None => return,
         }
         h.last_seq = h.last_seq.max(last_seq);
         for e in events {
@@ -1235,7 +1360,7 @@ impl<P: Placements> ClusterRouter<P> {
     /// are served (a cursor it cannot serve gets a resync) and held forwards are
     /// sequenced in arrival order.
     fn finish_handoff(&mut self, guild: GuildId) {
-        let Some(h) = self.handoffs.remove(&guild) else {
+        let Some(mut h) = self.handoffs.remove(&guild) else {
             return;
         };
         let Some(placement) = self.placements.placement(guild) else {
@@ -1244,25 +1369,10 @@ impl<P: Placements> ClusterRouter<P> {
             }
             return;
         };
-        let mut log = VecDeque::new();
-        for (seq, e) in h.events.into_iter().rev() {
-            if log
-                .front()
-                .is_some_and(|f: &GuildEvent| f.seq.0 != seq.0 + 1)
-            {
-                break;
-            }
-            log.push_front(e);
-        }
-        if log.back().is_some_and(|e: &GuildEvent| e.seq != h.last_seq) {
-            // The events do not reach the reported end: a log with a hole would serve
-            // gap fills wrongly, so hold none (subscribers behind resync instead).
-            log.clear();
-        }
-        let last = h.last_seq;
+        let held = std::mem::take(&mut h.held);
         self.install(
             guild,
-            OwnedGuild::promoted(ReplicaLog { log, last }, placement.replica.clone()),
+            OwnedGuild::promoted(h.into_log(), placement.replica.clone()),
         );
         if let Some(sub) = self.subscriptions.get_mut(&guild)
             && sub.owner.as_ref() == Some(&self.me)
@@ -1270,7 +1380,7 @@ impl<P: Placements> ClusterRouter<P> {
             sub.gap_request = None;
         }
         self.serve_peers(guild);
-        for f in h.held {
+        for f in held {
             let origin = f.origin.clone();
             if let Err(e) = self.sequence(guild, f.origin, f.publish_id, f.event_type, f.body) {
                 self.answer(origin, f.publish_id, guild, Err(e));

@@ -26,10 +26,29 @@ struct TestRing {
     all: Vec<NodeId>,
     live: BTreeSet<NodeId>,
     swap: bool,
+    /// Like the real ring's load cap: every membership change may also move guilds
+    /// between nodes that stayed (rendezvous over the live set, salted by its size).
+    shuffle: bool,
 }
 
 impl Placements for TestRing {
     fn placement(&self, guild: GuildId) -> Option<Placement> {
+        if self.shuffle {
+            let mut live: Vec<&NodeId> = self.live.iter().collect();
+            let salt = self.live.len() as u64;
+            live.sort_by_key(|id| {
+                let mut h = Rng(guild.0 ^ (salt << 32) ^ (id.as_str().len() as u64) << 48);
+                for b in id.as_str().bytes() {
+                    h.0 ^= u64::from(b);
+                    h.next();
+                }
+                h.next()
+            });
+            let mut live = live.into_iter();
+            let owner = live.next()?.clone();
+            let replica = live.next().cloned();
+            return Some(Placement { owner, replica });
+        }
         let n = self.all.len();
         let start = (guild.0 % n as u64) as usize;
         let mut live = (0..n)
@@ -114,6 +133,7 @@ impl Sim {
             all: all.clone(),
             live: all.iter().cloned().collect(),
             swap: false,
+            shuffle: false,
         };
         Sim {
             rng: Rng(seed),
@@ -169,7 +189,17 @@ impl Sim {
                             .push_back(frame);
                     }
                 }
-                Output::DeliverLocal { event } => record.delivered.push(event),
+                Output::DeliverLocal { event } => {
+                    if std::env::var_os("SIM_TRACE").is_some()
+                        && std::env::var("SIM_GUILD").is_ok_and(|g| g == event.guild.0.to_string())
+                    {
+                        eprintln!(
+                            "  {id} delivers {}:{} ({:?})",
+                            event.guild, event.seq, event.publish_id
+                        );
+                    }
+                    record.delivered.push(event);
+                }
                 Output::AckPublisher {
                     publish_id,
                     guild,
@@ -500,9 +530,10 @@ fn everyone_subscribed(sim: &mut Sim) -> Vec<(usize, u64)> {
 /// settled (with replication factor 2, an owner restarted and its replica taken down
 /// before anything was copied again would be two faults). n3 never restarts: it must
 /// deliver every acknowledged publish once, in guild order, and never resync.
-fn rolling_restart(seed: u64, per_phase: usize, swap: bool) {
+fn rolling_restart(seed: u64, per_phase: usize, swap: bool, shuffle: bool) {
     let mut sim = Sim::new(4, ClusterConfig::default(), seed);
     sim.ring.swap = swap;
+    sim.ring.shuffle = shuffle;
     let observed: Vec<(usize, u64)> = GUILDS.iter().map(|&g| (3, g)).collect();
     for &(i, g) in &observed {
         sim.subscribe(i, g);
@@ -1046,20 +1077,22 @@ fn a_stale_owner_cannot_acknowledge_what_the_new_owner_misses() {
     let fresh = sim.publish(2, g).unwrap();
     sim.settle();
     let acked: BTreeSet<PublishId> = sim.acked().iter().map(|a| a.0).collect();
-    assert!(acked.contains(&fresh), "the new owner acknowledges");
+    // n0 answered n1's log request as the owner it still thinks it is, so n1 waits;
+    // and n1, now owner in its own ring, refuses n0's replication: nobody acknowledges
+    // anything while the two rings disagree.
     assert!(
-        !acked.contains(&stale),
-        "the replica refused the stale owner, so nothing acknowledged it"
+        !acked.contains(&stale) && !acked.contains(&fresh),
+        "{acked:?}"
     );
-    // n1 owns g itself: the rival owner's event is refused outright, never held.
     assert_eq!(sim.router(1).counters().fenced, 1);
-    assert_eq!(sim.delivered(2, g), vec![1, 2]);
+    assert_eq!(sim.delivered(2, g), vec![1]);
 
-    // n0 learns the ring: its pending publish goes to the new owner, sequenced once.
+    // n0 learns the ring: it sends n1 its final log; n1 takes over and sequences both
+    // publishes once (n0's pending one comes to it from n0).
     sim.update_ring(&n(0));
     sim.run();
     let acked: BTreeSet<PublishId> = sim.acked().iter().map(|a| a.0).collect();
-    assert!(acked.contains(&stale));
+    assert!(acked.contains(&stale) && acked.contains(&fresh));
     assert_eq!(sim.delivered(1, g), vec![1, 2, 3]);
     assert_eq!(sim.delivered(2, g), vec![1, 2, 3]);
     sim.check(&subscribed);
@@ -1247,8 +1280,9 @@ fn the_ring_placement_gives_owner_and_replica() {
     assert_eq!(none.placement(GuildId(1)), None);
 }
 
-#[test]
-fn a_rolling_restart_loses_nothing_for_a_node_that_stays() {
+/// `SIM_SEEDS=N` runs more seeds, `SIM_SEED=K` only seed K, `SIM_TRACE=1 SIM_GUILD=G`
+/// prints guild G's frames, ring changes and deliveries.
+fn rolling_restart_seeds(shuffle: bool) {
     let only: Option<u64> = std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok());
     let seeds: u64 = std::env::var("SIM_SEEDS")
         .ok()
@@ -1259,8 +1293,23 @@ fn a_rolling_restart_loses_nothing_for_a_node_that_stays() {
             continue;
         }
         eprintln!("rolling restart seed {seed}");
-        rolling_restart(seed, 6, seed % 2 == 1);
+        rolling_restart(seed, 6, seed % 2 == 1, shuffle);
     }
+}
+
+#[test]
+fn a_rolling_restart_loses_nothing_for_a_node_that_stays() {
+    rolling_restart_seeds(false);
+}
+
+/// Open finding: with a placement that moves every guild between the remaining nodes on
+/// each membership change (harsher than the real ring, whose load cap moves some), some
+/// interleavings still lose events (seed 6 of `SIM_SEEDS=60`). Run it with
+/// `cargo test -p concord-router -- --ignored rolling`.
+#[test]
+#[ignore = "open finding: losing interleavings remain when every guild moves on each change"]
+fn a_rolling_restart_under_reshuffling_placements_loses_nothing() {
+    rolling_restart_seeds(true);
 }
 
 proptest! {
