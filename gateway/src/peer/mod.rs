@@ -452,6 +452,8 @@ pub struct RouterTask {
     generations: HashMap<NodeId, u64>,
     /// Peers that restarted, for the hub to re-open their session replicas.
     restarted: Vec<NodeId>,
+    /// Members (by generation) seen draining: when they go down they left on purpose.
+    drained: BTreeSet<(NodeId, u64)>,
 }
 
 impl RouterTask {
@@ -511,6 +513,7 @@ impl RouterTask {
             handoffs: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             generations: HashMap::new(),
             restarted: Vec::new(),
+            drained: BTreeSet::new(),
         }
     }
 
@@ -670,12 +673,27 @@ impl RouterTask {
 
     fn view_changed(&mut self) {
         let view = self.view.borrow_and_update().clone();
-        // Once another node was seen, an owner never acknowledges alone again: alone in
-        // its ring, it is cut off (or the rest is gone), and the other side may own the
-        // same guilds.
-        if view.members.iter().any(|m| m.node_id != self.me) {
-            self.router.require_replica(true);
+        // An owner alone on its ring acknowledges only if every other node it knew left
+        // by draining: one that went down without draining may be alive on the other
+        // side of a partition, owning the same guilds.
+        for m in &view.members {
+            if m.state == NodeState::Draining {
+                self.drained.insert((m.node_id.clone(), m.generation));
+            }
         }
+        let lost = view.members.iter().any(|m| {
+            m.node_id != self.me
+                && match m.state {
+                    NodeState::Draining => false,
+                    NodeState::Down => !self.drained.contains(&(m.node_id.clone(), m.generation)),
+                    NodeState::Joining | NodeState::Active => true,
+                }
+        });
+        tracing::debug!(
+            require_replica = lost,
+            "fencing: another member that did not drain is known"
+        );
+        self.router.require_replica(lost);
         for m in &view.members {
             if m.node_id == self.me {
                 continue;

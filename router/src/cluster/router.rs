@@ -406,12 +406,12 @@ impl<P: Placements> ClusterRouter<P> {
         }
     }
 
-    /// From now on an owner acknowledges (and fans out) an event only once a replica
-    /// holds it, even when its ring has no other node: a node cut off from the rest of
-    /// its cluster then refuses publishes ([`PublishError::NoReplica`]) instead of
-    /// acknowledging events the other side never sees. The shell turns it on once the
-    /// node has seen another member; a lone node (standalone, or a cluster of one that
-    /// never grew) acknowledges alone.
+    /// While on, an owner acknowledges (and fans out) an event only once a replica holds
+    /// it, even when its ring has no other node: a node cut off from the rest of its
+    /// cluster then refuses publishes ([`PublishError::NoReplica`]) instead of
+    /// acknowledging events the other side never sees. The shell turns it on while
+    /// another member is known that did not leave by draining; a lone node (standalone,
+    /// a cluster of one, or the last after the others drained) acknowledges alone.
     pub fn require_replica(&mut self, on: bool) {
         self.require_replica = on;
     }
