@@ -221,6 +221,12 @@ pub fn peer_router_counters(
     gauge!("concord_peer_max_batch_events").set(now.max_batch_events as f64);
 }
 
+/// Protobuf bytes this node sent on its peer links, before HTTP/2 framing
+/// (`concord_peer_bytes_sent_total`).
+pub fn peer_bytes_out(n: usize) {
+    counter!("concord_peer_bytes_sent_total").increment(n as u64);
+}
+
 /// Session replication ops this node sent as a host (`concord_session_ops_total`).
 pub fn session_ops(n: usize) {
     counter!("concord_session_ops_total").increment(n as u64);

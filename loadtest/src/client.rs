@@ -190,6 +190,8 @@ pub struct SessionPlan {
     pub dicts: Arc<DictSet>,
     /// The run's phase.
     pub phase: watch::Receiver<Phase>,
+    /// With `--resume-via any`: every target; each reconnect goes to the next one.
+    pub resume_targets: Option<Arc<Vec<String>>>,
 }
 
 /// How long a session waits for its guild's last events once publishing is over.
@@ -301,8 +303,14 @@ pub async fn run_session(plan: SessionPlan, transport: Transport, shared: &Share
                 }
             }
         }
-        if let Some((_, resume)) = &session {
-            url = resume.clone();
+        match (&plan.resume_targets, &session) {
+            // Behind a load balancer: the next target, whatever READY named.
+            (Some(targets), _) if targets.len() > 1 => {
+                let at = targets.iter().position(|t| *t == url).unwrap_or(0);
+                url = targets[(at + 1) % targets.len()].clone();
+            }
+            (_, Some((_, resume))) => url = resume.clone(),
+            _ => {}
         }
         // Jittered exponential backoff: 50 ms x 2^attempt, +-50%.
         let base = 50u64 << attempt.min(6);

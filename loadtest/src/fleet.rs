@@ -45,6 +45,10 @@ pub enum Target {
     Concord {
         /// `ws://` URLs.
         urls: Vec<String>,
+        /// Resume on the next URL of `urls` after a disconnect (`--resume-via any`)
+        /// instead of READY's `resume_gateway_url`.
+        #[serde(default)]
+        resume_any: bool,
     },
     /// A Redis or NATS server: each session subscribes to its guild's channel.
     Peer {
@@ -159,7 +163,7 @@ impl FleetPlan {
             .with_context(|| format!("unknown --compress {:?}", self.compress))?;
         let peer = match &self.target {
             Target::Peer { url } => Some(PeerUrl::parse(url)?),
-            Target::Concord { urls } if urls.is_empty() => bail!("no target URLs"),
+            Target::Concord { urls, .. } if urls.is_empty() => bail!("no target URLs"),
             Target::Concord { .. } => None,
         };
         let dicts = Arc::new(match (transport, &self.target) {
@@ -190,7 +194,7 @@ impl FleetPlan {
             let shared = shared.clone();
             let phase = phase.clone();
             let handle = match (&self.target, &peer) {
-                (Target::Concord { urls }, _) => {
+                (Target::Concord { urls, resume_any }, _) => {
                     let claims = Claims {
                         uid: i as u64 + 1,
                         name: format!("lt{}", i + 1),
@@ -206,6 +210,7 @@ impl FleetPlan {
                         until: deadline,
                         dicts: dicts.clone(),
                         phase,
+                        resume_targets: resume_any.then(|| Arc::new(urls.clone())),
                     };
                     tokio::spawn(async move {
                         tokio::time::sleep_until(due.into()).await;
@@ -495,6 +500,7 @@ mod tests {
     fn plan() -> FleetPlan {
         FleetPlan {
             target: Target::Concord {
+                resume_any: false,
                 urls: vec!["ws://127.0.0.1:1".into()],
             },
             token_secret: "s".into(),

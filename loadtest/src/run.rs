@@ -43,6 +43,11 @@ pub struct RunArgs {
     /// (standalone nodes that do not form a cluster).
     #[arg(long, default_value = "any")]
     pub publish_to: String,
+    /// Where a session resumes after its connection ends: `resume-url` (READY's
+    /// `resume_gateway_url`, as Discord clients do) or `any` (the next `--targets` URL, as
+    /// behind a load balancer; with a cluster, sessions then resume on other nodes).
+    #[arg(long, default_value = "resume-url")]
+    pub resume_via: String,
     /// The nodes' token secret (to mint client tokens).
     #[arg(
         long,
@@ -326,10 +331,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
             args.publish_to
         );
     }
+    if !matches!(args.resume_via.as_str(), "resume-url" | "any") {
+        bail!(
+            "invalid --resume-via {:?}; use resume-url or any",
+            args.resume_via
+        );
+    }
     let mut report = run_target(
         &args,
         Target::Concord {
             urls: args.targets.clone(),
+            resume_any: args.resume_via == "any",
         },
         &payloads,
     )
@@ -747,7 +759,7 @@ fn build_report(
     let lat = m.latency.percentiles();
     let ready = m.ready.percentiles();
     let (name, targets) = match target {
-        Target::Concord { urls } => ("concord".to_owned(), json!(urls)),
+        Target::Concord { urls, .. } => ("concord".to_owned(), json!(urls)),
         Target::Peer { url } => (
             PeerUrl::parse(url).map_or("peer", |p| p.name()).to_owned(),
             json!([url]),
@@ -786,7 +798,7 @@ fn build_report(
         config: json!({
             "targets": targets, "connections": args.connections, "ramp": args.ramp,
             "guilds": args.guilds, "guild_size": args.guild_size, "publish_rate": args.publish_rate,
-            "duration": args.duration, "compress": args.compress, "payload_bytes": args.payload_bytes, "payload": args.payload, "payload_skip": args.payload_skip, "publish_to": args.publish_to,
+            "duration": args.duration, "compress": args.compress, "payload_bytes": args.payload_bytes, "payload": args.payload, "payload_skip": args.payload_skip, "publish_to": args.publish_to, "resume_via": args.resume_via,
             "seed": args.seed, "preset": args.preset,
             "workers": layout.workers, "sources": layout.sources,
         }),

@@ -47,7 +47,11 @@ type MessageStream = Pin<Box<dyn Stream<Item = Result<pb::PeerMessage, Status>> 
 /// The outbound half: the router task's batches, one message each.
 fn outbound(rx: mpsc::Receiver<Vec<PeerFrame>>) -> impl Stream<Item = pb::PeerMessage> {
     futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|batch| (encode_batch(batch), rx))
+        rx.recv().await.map(|batch| {
+            let message = encode_batch(batch);
+            crate::metrics::peer_bytes_out(prost::Message::encoded_len(&message));
+            (message, rx)
+        })
     })
 }
 
