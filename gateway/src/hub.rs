@@ -158,6 +158,9 @@ pub enum HubInput {
         session: SessionId,
         /// The user the resuming client's token names.
         user: UserId,
+        /// The client's last `s`: the state sent starts there (all of it if the log
+        /// does not reach back so far).
+        client_seq: u64,
     },
     /// Node `node` restarted: the session replicas it held are gone; open them again.
     ReplicaRestarted {
@@ -564,7 +567,8 @@ impl Hub {
                 request,
                 session,
                 user,
-            } => self.release(request, session, user),
+                client_seq,
+            } => self.release(request, session, user, client_seq),
             HubInput::ReplicaAck { node, batch } => self.replica_ack(&node, batch),
             HubInput::ReplicaRestarted { node } => self.replica_restarted(&node),
         }
@@ -751,7 +755,7 @@ impl Hub {
         self.push(session, "RESUMED", Bytes::from_static(b"{}"), now);
     }
 
-    fn release(&mut self, request: u64, id: SessionId, user: UserId) {
+    fn release(&mut self, request: u64, id: SessionId, user: UserId, client_seq: u64) {
         let session = self
             .replication
             .as_ref()
@@ -767,7 +771,9 @@ impl Hub {
             if let Some(k) = st.attachment.take() {
                 k.cancel();
             }
-            snapshot_of(session.identity(), &st, None).ok()
+            snapshot_of(session.identity(), &st, Some(Seq(client_seq)))
+                .or_else(|_| snapshot_of(session.identity(), &st, None))
+                .ok()
         });
         if let (Some(session), Some(_)) = (&session, &snapshot) {
             if let Some(r) = &self.replication {
@@ -845,6 +851,15 @@ impl Hub {
         }
         r.ring_version = version;
         let ring = r.ring();
+        // Off the ring ourselves (draining): our sessions are about to move to other
+        // hosts, which replicate them anew; moving their replicas now would only ship
+        // every session's whole state across the cluster for nothing.
+        let on_ring = ring
+            .as_ref()
+            .is_some_and(|ring| ring.members().iter().any(|m| m.id() == &r.me));
+        if !on_ring {
+            return;
+        }
         let sessions = r.registry.all();
         let mut moved = Vec::new();
         for session in sessions {

@@ -160,7 +160,8 @@ pub enum SessionFrame {
         /// The session cut at the client's seq, and how it was found.
         answer: Result<(SessionSnapshot, Takeover), ResumeRefusal>,
     },
-    /// Directory -> live host: let the session go, and send its final state.
+    /// Directory -> live host: let the session go, and send its final state from
+    /// `client_seq` on (the host cuts it there, so only what the client misses travels).
     Release {
         /// The directory's id.
         request: u64,
@@ -168,6 +169,8 @@ pub enum SessionFrame {
         session: SessionId,
         /// The user the resuming client's token names.
         user: UserId,
+        /// The resuming client's last `s`.
+        client_seq: u64,
     },
     /// Host -> directory: the session was let go (with its state), or was not here.
     Released {

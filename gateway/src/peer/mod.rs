@@ -439,7 +439,7 @@ pub struct RouterTask {
     /// Hosts that went down, and when their replicas are dropped.
     orphans: VecDeque<(Instant, NodeId)>,
     /// Releases to ask this node's hub for (sent with the outputs: the hub is awaited).
-    hub_releases: Vec<(u64, SessionId, UserId)>,
+    hub_releases: Vec<(u64, SessionId, UserId, u64)>,
     /// Replica acks to hand to the hub.
     acks: Vec<(NodeId, u64)>,
     /// Releases our hub is doing for another node: our id -> (that node, its id).
@@ -811,11 +811,12 @@ impl RouterTask {
                 request,
                 session,
                 user,
+                client_seq,
             } => {
                 // A directory asks our hub to let a session go; its answer goes back.
                 let local = self.next_request();
                 self.remote_releases.insert(local, (from.clone(), request));
-                self.hub_releases.push((local, session, user));
+                self.hub_releases.push((local, session, user, client_seq));
             }
             SessionFrame::Released {
                 request,
@@ -998,7 +999,7 @@ impl RouterTask {
             Some(host) => host,
             // Not replicated here: perhaps hosted here.
             None => {
-                self.hub_releases.push((rid, session, user));
+                self.hub_releases.push((rid, session, user, client_seq));
                 self.me.clone()
             }
         };
@@ -1009,6 +1010,7 @@ impl RouterTask {
                     request: rid,
                     session,
                     user,
+                    client_seq,
                 },
             );
         }
@@ -1322,11 +1324,12 @@ impl RouterTask {
             }
         }
         // Releases this task asked its own hub for.
-        for (request, session, user) in std::mem::take(&mut self.hub_releases) {
+        for (request, session, user, client_seq) in std::mem::take(&mut self.hub_releases) {
             let input = HubInput::Release {
                 request,
                 session,
                 user,
+                client_seq,
             };
             if self.hub.send(input).await.is_err() {
                 tracing::debug!("hub stopped; cannot release a session");

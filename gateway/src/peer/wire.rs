@@ -207,10 +207,12 @@ fn encode_session(frame: SessionFrame) -> Kind {
             request,
             session,
             user,
+            client_seq,
         } => Kind::Release(pb::Release {
             request,
             session_id: sid(session),
             user_id: user.0,
+            client_seq,
         }),
         SessionFrame::Released {
             request,
@@ -520,6 +522,7 @@ pub fn decode(frame: pb::PeerFrame) -> Result<PeerFrame, WireError> {
             request: r.request,
             session: decode_sid(&r.session_id)?,
             user: UserId(r.user_id),
+            client_seq: r.client_seq,
         }),
         Kind::Released(r) => PeerFrame::Session(SessionFrame::Released {
             request: r.request,
@@ -765,6 +768,7 @@ mod tests {
                         request: 5,
                         session: sid,
                         user: UserId(42),
+                        client_seq: 3,
                     },
                     SessionFrame::Released {
                         request: 5,
@@ -820,6 +824,7 @@ mod tests {
                 request: 1,
                 session_id: vec![1, 2, 3],
                 user_id: 1,
+                client_seq: 0,
             })),
         };
         assert_eq!(decode(short_id), Err(WireError::SessionId(3)));
