@@ -10,15 +10,18 @@
 //! `concord-router`. This crate is the tokio shell around them. Nodes form a cluster
 //! through gossip and agree on the ring ([`cluster`]); on a clustered node, guild events go
 //! through the guild's owner over peer links ([`peer`]) and reach every subscribed session
-//! on every node.
+//! on every node, and every session is replicated to another node, so its client can
+//! resume on any node after a drain or a crash (the hub streams the replication, the
+//! router task keeps the replicas and runs resumes; see [`peer`]'s "Session continuity").
 //!
 //! ## Main types
 //! - [`node::start`] with [`node::Listeners`]: runs a node on sockets the caller bound;
 //!   [`node::Node::drain`] stops it gracefully.
 //! - [`config::ServeArgs`] and [`config::Config`]: settings from flags, `CONCORD_*`
 //!   variables, a TOML file and defaults.
-//! - [`hub::Hub`] — the single task that owns the topic table; publishes, joins and
-//!   membership changes go through it in order.
+//! - [`hub::Hub`] — the single task that owns the topic table and assigns every session's
+//!   `s`; publishes, joins, resumes from other nodes and membership changes go through it
+//!   in order, and it emits the session replication stream ([`hub::HubEvent`]).
 //! - [`cluster::Cluster`] and [`cluster::ClusterView`] — gossip membership and the ring
 //!   snapshot every other part reads.
 //! - [`session::Session`] — a session's identity and its log (outbound queue and replay

@@ -619,19 +619,7 @@ async fn a_killed_owner_loses_no_acknowledged_event() {
     for (n, p) in ports[..2].iter().enumerate() {
         for k in 0..2u64 {
             let uid = 100 + 10 * n as u64 + k;
-            let exp = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_secs()
-                + 3600;
-            let claims = concord_protocol::token::Claims {
-                uid,
-                name: format!("user{uid}"),
-                guilds: vec![guild],
-                exp,
-                bot: true,
-            };
-            let token = concord_protocol::token::mint(b"t", &claims);
+            let token = common::procs::token(uid, &[guild]);
             let mut c = Client::connect_addr(p.client, "v=10&encoding=json").await;
             c.identify(&token, &[guild]).await;
             clients.push(c);

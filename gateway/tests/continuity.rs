@@ -15,11 +15,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 mod common;
 
-use common::procs::{NodeProc, Ports, reserve_ports};
+use common::procs::{NodeProc, Ports, reserve_ports, token};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -31,22 +31,6 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const DEADLINE: Duration = Duration::from_secs(120);
 /// Pause between two publishes to each guild.
 const PUBLISH_EVERY: Duration = Duration::from_millis(15);
-
-fn token(uid: u64, guilds: &[u64]) -> String {
-    let exp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 3600;
-    let claims = concord_protocol::token::Claims {
-        uid,
-        name: format!("user{uid}"),
-        guilds: guilds.to_vec(),
-        exp,
-        bot: true,
-    };
-    concord_protocol::token::mint(b"t", &claims)
-}
 
 /// Waits until every node in `admins` reports a ring of exactly `members`.
 async fn wait_ring(http: &reqwest::Client, admins: &[SocketAddr], members: &[&str]) {

@@ -472,30 +472,14 @@ impl SessionReplicas {
         client_seq: u64,
     ) -> Result<(NodeId, SessionSnapshot), SnapshotError> {
         let r = self.sessions.get(&session).ok_or(SnapshotError::Unknown)?;
-        let last = r.base_seq + r.entries.len() as u64;
-        if client_seq > last {
-            return Err(SnapshotError::Ahead {
-                client: client_seq,
-                last,
-            });
-        }
-        if client_seq < r.base_seq {
-            return Err(SnapshotError::TooOld {
-                client: client_seq,
-                oldest: r.base_seq + 1,
-            });
-        }
-        let skip = usize::try_from(client_seq - r.base_seq).unwrap_or(usize::MAX);
-        Ok((
-            r.host.clone(),
-            SessionSnapshot {
-                identity: r.identity.clone(),
-                guilds: r.cursors.iter().map(|(g, c)| (*g, *c)).collect(),
-                passive: r.passive.iter().copied().collect(),
-                base_seq: client_seq,
-                entries: r.entries.iter().skip(skip).cloned().collect(),
-            },
-        ))
+        let full = SessionSnapshot {
+            identity: r.identity.clone(),
+            guilds: r.cursors.iter().map(|(g, c)| (*g, *c)).collect(),
+            passive: r.passive.iter().copied().collect(),
+            base_seq: r.base_seq,
+            entries: r.entries.iter().cloned().collect(),
+        };
+        Ok((r.host.clone(), full.cut(client_seq)?))
     }
 
     fn open(&mut self, host: &NodeId, snapshot: SessionSnapshot) {

@@ -46,8 +46,9 @@
 //! Replicas of a host that went down are dropped one resume window later.
 //!
 //! ## What is clustered and what is not (yet)
-//! Guild events published over HTTP or gRPC go through the owner. User events, guild
-//! membership changes and stored guild objects stay local to the node they were sent to.
+//! Guild events published over HTTP or gRPC go through the owner, and sessions resume on
+//! any node. User events, guild membership changes and stored guild objects stay local to
+//! the node they were sent to.
 
 pub mod auth;
 pub mod link;

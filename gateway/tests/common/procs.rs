@@ -10,6 +10,23 @@ use std::process::{Child, Command, Stdio};
 /// The cluster secret every test node uses.
 pub const SECRET: &str = "cluster-test-secret";
 
+/// A client token for a node process (their token secret is `t`), valid for an hour.
+pub fn token(uid: u64, guilds: &[u64]) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let claims = concord_protocol::token::Claims {
+        uid,
+        name: format!("user{uid}"),
+        guilds: guilds.to_vec(),
+        exp,
+        bot: true,
+    };
+    concord_protocol::token::mint(b"t", &claims)
+}
+
 /// Ports of one node, reserved up front so a restart reuses them.
 #[derive(Clone, Copy, Debug)]
 pub struct Ports {

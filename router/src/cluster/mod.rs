@@ -84,14 +84,19 @@
 //!   [`ClusterRouter::resend_stale`], which the shell calls on a timer (forwards still
 //!   pending one tick later are sent again). The shell decides when a peer is down.
 //! - The log handoff is exact only if the previous holders answer with everything that
-//!   was acknowledged. It falls back to a fresh (or shorter) sequence, with
-//!   [`Output::Resync`] for subscribers ahead of it, when: both previous holders are
-//!   gone; the ring changed twice before the guild was touched (only the last previous
-//!   placement is remembered); a holder did not answer within the resend ticks; more
-//!   than `max_handoffs` guilds are in handoff at once. And an old owner whose ring is
-//!   still stale keeps sequencing after it answered a log request: events it
-//!   acknowledges then are not in the new owner's log (the window closes when its ring
-//!   catches up).
+//!   was acknowledged. An old owner whose ring still makes it the owner answers
+//!   `still_owner`, and the new owner waits for its final transfer (sent when its ring
+//!   demotes it, or the others are asked again if it dies first); a demoted owner also
+//!   pushes its log to the new owner unasked; the holders asked are those of the newest
+//!   of the last four rings where another node owned the guild, plus the current
+//!   replica; our own replica copy only seeds the handoff. Replicas fence: they hold
+//!   back replication from a node their ring does not name as owner, and truncate a
+//!   diverged tail. It still falls back to a fresh (or shorter) sequence, with
+//!   [`Output::Resync`] for subscribers ahead of it, when every holder is gone, a silent
+//!   (not `still_owner`) holder outlasts the resend ticks, or more than `max_handoffs`
+//!   guilds are in handoff at once (counted as `fresh_sequences` and `handoff_timeouts`).
+//!   Open: under continuous publishing a rolling restart can still fork a sequence in
+//!   some interleavings (the ignored reshuffling simulation in the tests).
 //! - No per-session work: it delivers each event once per node; sessions, intents and
 //!   `s` numbers belong to [`crate::TopicTable`] and [`crate::SessionLog`].
 //! - No encoding: [`PeerFrame`] is a Rust value; the peer transport maps it to protobuf.
