@@ -245,6 +245,9 @@ pub async fn start(config: Config, listeners: Listeners) -> io::Result<Node> {
     } else {
         None
     };
+    // Connections get op 7 on this one: a clustered node first lets the cluster learn it
+    // is draining (see the supervisor below).
+    let close_clients = CancellationToken::new();
     let shared = Arc::new(Shared {
         config: config.clone(),
         public_url: public_url.clone(),
@@ -252,7 +255,7 @@ pub async fn start(config: Config, listeners: Listeners) -> io::Result<Node> {
         registry: registry.clone(),
         identify_limiter: Mutex::new(IdentifyLimiter::new(config.identify_max_concurrency)),
         metrics,
-        drain: drain.clone(),
+        drain: close_clients.clone(),
         dicts: dicts.clone(),
         dict_url_base: format!("{public_api_url}/v1/dictionaries/"),
         router: router.clone(),
@@ -315,11 +318,21 @@ pub async fn start(config: Config, listeners: Listeners) -> io::Result<Node> {
     // session was taken over by the node its client resumed on, so they migrate from a
     // live host (bounded by the grace period; the rest are promoted from replicas).
     let hand_off = router.is_some() && config.session_replication != SessionReplication::Off;
+    // A few gossip rounds: long enough for every peer to see this node draining before
+    // its clients come to them to resume, and to finish the takeovers still in flight
+    // after its last session moved.
+    let announce = if router.is_some() {
+        config.gossip_timing.gossip_interval * 3
+    } else {
+        std::time::Duration::ZERO
+    };
     let done = tokio::spawn(async move {
         supervisor_drain.cancelled().await;
         let started = tokio::time::Instant::now();
-        tracing::info!("draining: closing client connections with op 7");
         let _ = accept.await;
+        tokio::time::sleep(announce).await;
+        tracing::info!("draining: closing client connections with op 7");
+        close_clients.cancel();
         connections.close();
         if tokio::time::timeout(grace, connections.wait())
             .await
@@ -335,6 +348,7 @@ pub async fn start(config: Config, listeners: Listeners) -> io::Result<Node> {
             while !registry.is_empty() && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
+            tokio::time::sleep(announce).await;
             let left = registry.len();
             if left > 0 {
                 tracing::info!(

@@ -598,6 +598,12 @@ impl RouterTask {
                 body,
                 reply,
             } => {
+                // Draining: take no new publish this node may not live to acknowledge
+                // (an ack lost with it would make the publisher send the event again).
+                if self.view.borrow().state == NodeState::Draining {
+                    let _ = reply.send(Err(ClusterPublishError::ShuttingDown));
+                    return;
+                }
                 self.next_publish_id += 1;
                 let id = PublishId(self.next_publish_id);
                 match self.router.publish(guild, &event_type, body, id) {
@@ -746,8 +752,12 @@ impl RouterTask {
     fn hub_event(&mut self, event: HubEvent) {
         match event {
             HubEvent::Subscribe(guild, None) => {
-                self.adopting.remove(&guild);
-                self.router.local_subscribe(guild);
+                // An adoption forwarded before this join continues after its cursor: the
+                // node must subscribe from there, not from now.
+                match self.adopting.remove(&guild) {
+                    Some(after) => self.router.local_subscribe_from(guild, after),
+                    None => self.router.local_subscribe(guild),
+                }
             }
             HubEvent::Subscribe(guild, Some(after)) => {
                 self.adopting.remove(&guild);
@@ -924,7 +934,29 @@ impl RouterTask {
         };
         job.waiting.remove(&fetch);
         let (intents, passive) = (job.session.intents, job.session.lock().passive.clone());
-        if let Err(e) = extend(&mut job.rebuilt, intents, &passive, guild, events) {
+        let before = job
+            .rebuilt
+            .cursors
+            .iter()
+            .find(|(g, _)| *g == guild)
+            .map(|c| c.1);
+        let extended = extend(&mut job.rebuilt, intents, &passive, guild, events);
+        let after = job
+            .rebuilt
+            .cursors
+            .iter()
+            .find(|(g, _)| *g == guild)
+            .map(|c| c.1);
+        // The owner had nothing past the cursor (it may still be collecting the guild's
+        // log): do not ask again in a loop; the session identifies again.
+        let stuck = extended.is_ok() && before == after;
+        if let Err(e) = extended.as_ref().map_err(|e| e.to_string()).and_then(|()| {
+            if stuck {
+                Err("the guild's owner has nothing past the session's cursor yet".to_owned())
+            } else {
+                Ok(())
+            }
+        }) {
             tracing::warn!(session = %job.session.id, error = %e, "cannot continue a resumed session; it must identify again");
             let mut st = job.session.lock();
             st.invalidated = true;
@@ -932,7 +964,12 @@ impl RouterTask {
                 k.cancel();
             }
             drop(st);
-            self.adopts.remove(&id);
+            if let Some(job) = self.adopts.remove(&id) {
+                for fetch in job.waiting.keys() {
+                    self.fetches.remove(fetch);
+                    self.router.cancel_fetch(*fetch);
+                }
+            }
             return;
         }
         if job.waiting.is_empty() {

@@ -599,7 +599,13 @@ impl<P: Placements> ClusterRouter<P> {
                 fetch,
                 events,
             } => {
-                if self.fetches.remove(&fetch).is_some() {
+                // Only the node it was last sent to answers it (a re-routed fetch's old
+                // target may answer late, with less).
+                let ours = self
+                    .fetches
+                    .get(&fetch)
+                    .is_some_and(|f| &f.sent_to == from && f.guild == guild);
+                if ours && self.fetches.remove(&fetch).is_some() {
                     self.fx.push(Output::Fetched {
                         fetch,
                         guild,
