@@ -74,6 +74,11 @@ impl IntoResponse for ApiError {
         let (status, code) = match self {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, 0),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, 50_035),
+            // The owner may still sequence it (the router keeps resending): the outcome
+            // is unknown, which is what 504 says; 503 means it was not published.
+            ApiError::ClusterUnavailable(ClusterPublishError::TimedOut) => {
+                (StatusCode::GATEWAY_TIMEOUT, 0)
+            }
             ApiError::ShuttingDown | ApiError::ClusterUnavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, 0)
             }

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::api::{constant_time_eq, validate_event};
 use crate::config::Config;
 use crate::hub::HubHandle;
-use crate::peer::RouterHandle;
+use crate::peer::{ClusterPublishError, RouterHandle};
 
 /// Generated code for `concord/v1/publish.proto`.
 #[allow(missing_docs, missing_debug_implementations, clippy::all)]
@@ -76,7 +76,11 @@ impl PublishService {
             (Some(router), Topic::Guild(guild)) => router
                 .publish(guild, &req.event_type, body)
                 .await
-                .map_err(|e| Status::unavailable(e.to_string())),
+                .map_err(|e| match e {
+                    // Unknown outcome: it may still be sequenced.
+                    ClusterPublishError::TimedOut => Status::deadline_exceeded(e.to_string()),
+                    e => Status::unavailable(e.to_string()),
+                }),
             _ => self
                 .hub
                 .publish(topic, &req.event_type, body)

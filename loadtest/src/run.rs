@@ -399,6 +399,11 @@ impl Backend {
                         .send()
                         .await
                         .map_err(|_| ())?;
+                    // 504: the owner did not acknowledge in time and may still sequence
+                    // it, so the number counts as used (a 503 did not publish it).
+                    if response.status().as_u16() == 504 {
+                        return Err(());
+                    }
                     accepted &= response.status().is_success();
                 }
                 Ok(accepted)
