@@ -618,9 +618,8 @@ impl Hub {
                 event_type: event.event_type.as_ref().into(),
                 body: matches!(topic, Topic::User(_)).then(|| event.body.clone()),
             };
-            let nodes: Vec<NodeId> = r.nodes.keys().cloned().collect();
-            for node in nodes {
-                r.send(&node, op.clone());
+            for node in r.nodes.keys() {
+                r.outbox.entry(node.clone()).or_default().push(op.clone());
             }
         }
         delivery.event.topic_seq

@@ -434,15 +434,13 @@ pub struct RouterTask {
     /// forwarded: the node will subscribe after this seq, so later adoptions must
     /// reach it.
     adopting: HashMap<GuildId, concord_router::cluster::GuildSeq>,
-    /// Adoptions to hand to the hub (sent with the outputs, in order).
-    hub_adopts: Vec<HubInput>,
     next_request: u64,
     /// Hosts that went down, and when their replicas are dropped.
     orphans: VecDeque<(Instant, NodeId)>,
-    /// Releases to ask this node's hub for (sent with the outputs: the hub is awaited).
-    hub_releases: Vec<(u64, SessionId, UserId, u64)>,
-    /// Replica acks to hand to the hub.
-    acks: Vec<(NodeId, u64)>,
+    /// What this task's synchronous handlers have for the hub (adoptions, releases,
+    /// replica acks, restarted replica nodes), sent in order with the outputs: the hub
+    /// is awaited there.
+    to_hub: Vec<HubInput>,
     /// Releases our hub is doing for another node: our id -> (that node, its id).
     remote_releases: HashMap<u64, (NodeId, u64)>,
     /// Whether the last ring given to the router had this node on it.
@@ -451,8 +449,6 @@ pub struct RouterTask {
     handoffs: Arc<std::sync::atomic::AtomicUsize>,
     /// Members' generations, to notice a restart the ring does not show.
     generations: HashMap<NodeId, u64>,
-    /// Peers that restarted, for the hub to re-open their session replicas.
-    restarted: Vec<NodeId>,
     /// Members (by generation) seen draining: when they go down they left on purpose.
     drained: BTreeSet<(NodeId, u64)>,
 }
@@ -504,16 +500,13 @@ impl RouterTask {
             fetches: HashMap::new(),
             adopts: HashMap::new(),
             adopting: HashMap::new(),
-            hub_adopts: Vec::new(),
             next_request: 0,
             orphans: VecDeque::new(),
-            hub_releases: Vec::new(),
-            acks: Vec::new(),
+            to_hub: Vec::new(),
             remote_releases: HashMap::new(),
             was_on_ring,
             handoffs: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             generations: HashMap::new(),
-            restarted: Vec::new(),
             drained: BTreeSet::new(),
         }
     }
@@ -711,7 +704,9 @@ impl RouterTask {
             if before.is_some_and(|g| g < m.generation) {
                 tracing::info!(peer = %m.node_id, "peer restarted: sending it our state again");
                 self.router.peer_restarted(&m.node_id);
-                self.restarted.push(m.node_id.clone());
+                self.to_hub.push(HubInput::ReplicaRestarted {
+                    node: m.node_id.clone(),
+                });
             }
             if m.state == NodeState::Down {
                 if self.down.insert(m.node_id.clone()) {
@@ -807,7 +802,10 @@ impl RouterTask {
             }
             SessionFrame::OpsAck { batch } => {
                 // Sent with the outputs (the hub is awaited there).
-                self.acks.push((from.clone(), batch));
+                self.to_hub.push(HubInput::ReplicaAck {
+                    node: from.clone(),
+                    batch,
+                });
             }
             SessionFrame::ResumeRequest {
                 request,
@@ -827,7 +825,12 @@ impl RouterTask {
                 // A directory asks our hub to let a session go; its answer goes back.
                 let local = self.next_request();
                 self.remote_releases.insert(local, (from.clone(), request));
-                self.hub_releases.push((local, session, user, client_seq));
+                self.to_hub.push(HubInput::Release {
+                    request: local,
+                    session,
+                    user,
+                    client_seq,
+                });
             }
             SessionFrame::Released {
                 request,
@@ -910,7 +913,7 @@ impl RouterTask {
                     self.adopting.entry(guild).or_insert(cursor);
                 }
             }
-            self.hub_adopts.push(HubInput::Adopt {
+            self.to_hub.push(HubInput::Adopt {
                 session: job.session,
                 replay: job.rebuilt.replay,
                 cursors: job.rebuilt.cursors,
@@ -1037,7 +1040,12 @@ impl RouterTask {
             Some(host) => host,
             // Not replicated here: perhaps hosted here.
             None => {
-                self.hub_releases.push((rid, session, user, client_seq));
+                self.to_hub.push(HubInput::Release {
+                    request: rid,
+                    session,
+                    user,
+                    client_seq,
+                });
                 self.me.clone()
             }
         };
@@ -1336,41 +1344,10 @@ impl RouterTask {
                 } => self.fetched(fetch, guild, events),
             }
         }
-        for node in std::mem::take(&mut self.restarted) {
-            if self
-                .hub
-                .send(HubInput::ReplicaRestarted { node })
-                .await
-                .is_err()
-            {
-                tracing::debug!("hub stopped; cannot re-open session replicas");
-            }
-        }
-        for (node, batch) in std::mem::take(&mut self.acks) {
-            if self
-                .hub
-                .send(HubInput::ReplicaAck { node, batch })
-                .await
-                .is_err()
-            {
-                tracing::debug!("hub stopped; dropping a replica ack");
-            }
-        }
-        for input in std::mem::take(&mut self.hub_adopts) {
+        for input in std::mem::take(&mut self.to_hub) {
             if self.hub.send(input).await.is_err() {
-                tracing::debug!("hub stopped; dropping an adopted session");
-            }
-        }
-        // Releases this task asked its own hub for.
-        for (request, session, user, client_seq) in std::mem::take(&mut self.hub_releases) {
-            let input = HubInput::Release {
-                request,
-                session,
-                user,
-                client_seq,
-            };
-            if self.hub.send(input).await.is_err() {
-                tracing::debug!("hub stopped; cannot release a session");
+                tracing::debug!("hub stopped; dropping what this task had for it");
+                break;
             }
         }
     }
