@@ -69,6 +69,111 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
+/// A `host:port` another node is reached at: an IP address (`10.0.0.7:7946`,
+/// `[::1]:7946`) or a DNS name (`concord-0.concord-peers:7946`, a compose service name).
+/// Names are resolved when the node starts and, for seeds, again while it is looking for
+/// a cluster, so a seed can name a Kubernetes headless Service whose pods come and go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostPort {
+    host: String,
+    port: u16,
+}
+
+/// The text is not `host:port`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid address {0:?}: expected host:port, e.g. 10.0.0.7:7946 or concord-0.peers:7946")]
+pub struct InvalidHostPort(String);
+
+impl HostPort {
+    /// The address, if the host is an IP literal (no lookup needed).
+    pub fn literal(&self) -> Option<SocketAddr> {
+        let ip: std::net::IpAddr = self.host.parse().ok()?;
+        Some(SocketAddr::new(ip, self.port))
+    }
+
+    /// Every address the name resolves to now (one for an IP literal).
+    ///
+    /// # Errors
+    /// The lookup failed (the name does not exist yet, or no resolver answered).
+    pub async fn resolve(&self) -> std::io::Result<Vec<SocketAddr>> {
+        if let Some(addr) = self.literal() {
+            return Ok(vec![addr]);
+        }
+        Ok(tokio::net::lookup_host((self.host.as_str(), self.port))
+            .await?
+            .collect())
+    }
+
+    /// The first address the name resolves to, for an address this node advertises.
+    ///
+    /// # Errors
+    /// The name does not resolve, or resolves to nothing.
+    pub async fn resolve_one(&self) -> std::io::Result<SocketAddr> {
+        let addrs = self.resolve().await?;
+        addrs
+            .iter()
+            .find(|a| a.is_ipv4())
+            .or(addrs.first())
+            .copied()
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("{self} resolves to no address"),
+                )
+            })
+    }
+}
+
+impl From<SocketAddr> for HostPort {
+    fn from(a: SocketAddr) -> HostPort {
+        HostPort {
+            host: a.ip().to_string(),
+            port: a.port(),
+        }
+    }
+}
+
+impl FromStr for HostPort {
+    type Err = InvalidHostPort;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Ok(a) = s.parse::<SocketAddr>() {
+            return Ok(a.into());
+        }
+        let bad = || InvalidHostPort(s.into());
+        let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        let name_ok = !host.is_empty()
+            && host.len() <= 253
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_');
+        if !name_ok || port == 0 {
+            return Err(bad());
+        }
+        Ok(HostPort {
+            host: host.into(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.literal() {
+            Some(a) => write!(f, "{a}"),
+            None => write!(f, "{}:{}", self.host, self.port),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for HostPort {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 /// The zstd-stream settings a node uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -185,21 +290,31 @@ pub struct ServeArgs {
     /// [default: off, a standalone node that owns every guild].
     #[arg(long, env = "CONCORD_GOSSIP_LISTEN")]
     pub gossip_listen: Option<SocketAddr>,
-    /// The gossip address other nodes are told to send to [default: the bound --gossip-listen].
+    /// The gossip address other nodes are told to send to, `ip:port` or `name:port`
+    /// (resolved once at start) [default: the bound --gossip-listen].
     #[arg(long, env = "CONCORD_GOSSIP_ADVERTISE")]
-    pub gossip_advertise: Option<SocketAddr>,
+    pub gossip_advertise: Option<HostPort>,
     /// TCP address the peer-link (tonic) server listens on; used only with --gossip-listen.
     /// Without it this node still dials peers with greater ids, but peers with smaller ids
     /// cannot reach it, so set it on every clustered node.
     #[arg(long, env = "CONCORD_PEER_LISTEN")]
     pub peer_listen: Option<SocketAddr>,
-    /// The peer-link address other nodes are told to use [default: --peer-listen].
+    /// The peer-link address other nodes are told to use, `ip:port` or `name:port`
+    /// (resolved once at start) [default: --peer-listen].
     #[arg(long, env = "CONCORD_PEER_ADVERTISE")]
-    pub peer_advertise: Option<SocketAddr>,
-    /// Gossip address of a node to join through; repeatable, comma-separated in the
-    /// environment [default: none, this node starts a cluster].
+    pub peer_advertise: Option<HostPort>,
+    /// Gossip address of a node to join through, `ip:port` or `name:port` (a name is
+    /// resolved again every few seconds until the node has joined, and may stand for
+    /// several nodes, like a Kubernetes headless Service); repeatable, comma-separated in
+    /// the environment [default: none, this node starts a cluster].
     #[arg(long = "seed", env = "CONCORD_SEEDS", value_delimiter = ',')]
-    pub seeds: Option<Vec<SocketAddr>>,
+    pub seeds: Option<Vec<HostPort>>,
+    /// The node that starts the cluster when its seeds name no other live node (the
+    /// first boot of a StatefulSet: pod 0). Any other node with seeds waits for one of
+    /// them to answer, so nodes started together never form two clusters. The same
+    /// value on every node [default: none; a node without --seed starts a cluster].
+    #[arg(long, env = "CONCORD_BOOTSTRAP_NODE")]
+    pub bootstrap_node: Option<String>,
     /// Secret every gossip datagram is authenticated with (HMAC-SHA256); the same on
     /// every node. Required with --gossip-listen.
     #[arg(long, env = "CONCORD_CLUSTER_SECRET", hide_env_values = true)]
@@ -275,7 +390,7 @@ impl ServeArgs {
             replay_max_bytes, session_queue, guild_log_events, max_connections,
             identify_max_concurrency, handshake_timeout, drain_grace, zstd,
             max_event_bytes, log, dicts, public_api_url, dict_retrain, gossip_listen,
-            gossip_advertise, peer_listen, peer_advertise, seeds, cluster_secret,
+            gossip_advertise, peer_listen, peer_advertise, seeds, bootstrap_node, cluster_secret,
             gossip_probe_period, gossip_probe_rtt, gossip_suspect_timeout, gossip_interval,
             gossip_down_retention, ring_balance_factor, session_replication);
         Ok(self)
@@ -387,6 +502,7 @@ impl ServeArgs {
             peer_listen: self.peer_listen,
             peer_advertise: self.peer_advertise,
             seeds,
+            bootstrap_node: self.bootstrap_node,
             cluster_secret: self.cluster_secret,
             gossip_timing,
             ring: RingConfig {
@@ -486,13 +602,15 @@ pub struct Config {
     /// Gossip UDP listen address; `None`: standalone.
     pub gossip_listen: Option<SocketAddr>,
     /// Advertised gossip address; `None`: the bound gossip address.
-    pub gossip_advertise: Option<SocketAddr>,
+    pub gossip_advertise: Option<HostPort>,
     /// Peer-link listen address (advertised only, for now).
     pub peer_listen: Option<SocketAddr>,
     /// Advertised peer-link address; `None`: `peer_listen`.
-    pub peer_advertise: Option<SocketAddr>,
+    pub peer_advertise: Option<HostPort>,
     /// Gossip addresses to join through.
-    pub seeds: Vec<SocketAddr>,
+    pub seeds: Vec<HostPort>,
+    /// The node that starts the cluster when its seeds name no other node.
+    pub bootstrap_node: Option<String>,
     /// Gossip MAC secret; always set when `gossip_listen` is.
     pub cluster_secret: Option<String>,
     /// Gossip timing.
@@ -571,6 +689,37 @@ mod tests {
             ..ServeArgs::default()
         };
         assert!(matches!(bad.with_file(), Err(ConfigError::Parse { .. })));
+    }
+
+    #[test]
+    fn host_port_takes_addresses_and_names() {
+        let ip: HostPort = "10.0.0.7:7946".parse().unwrap();
+        assert_eq!(ip.literal(), Some("10.0.0.7:7946".parse().unwrap()));
+        let v6: HostPort = "[::1]:7946".parse().unwrap();
+        assert_eq!(v6.to_string(), "[::1]:7946");
+        let name: HostPort = "concord-0.concord-peers.default.svc:7946".parse().unwrap();
+        assert_eq!(name.literal(), None);
+        assert_eq!(name.to_string(), "concord-0.concord-peers.default.svc:7946");
+        for bad in [
+            "",
+            "node",
+            "node:",
+            ":7946",
+            "node:0",
+            "node:99999",
+            "a b:1",
+            "x/y:2",
+        ] {
+            assert!(bad.parse::<HostPort>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn host_port_resolves_localhost() {
+        let name: HostPort = "localhost:7946".parse().unwrap();
+        let addr = name.resolve_one().await.unwrap();
+        assert!(addr.ip().is_loopback());
+        assert_eq!(addr.port(), 7946);
     }
 
     #[test]

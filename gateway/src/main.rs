@@ -32,6 +32,12 @@ enum Command {
     },
     /// Mint a client token.
     Token(TokenArgs),
+    /// Ask a node's admin port whether it is healthy (`/healthz`) or ready (`/readyz`);
+    /// exits 0 if so. The container image's health check, which has no shell or curl.
+    Health(HealthArgs),
+    /// Drain a node through its admin port (`POST /admin/drain`) and wait for it to exit:
+    /// a preStop hook for images without curl.
+    Drain(DrainArgs),
     /// zstd-dict dictionaries: build a corpus, train, benchmark.
     Dict {
         #[command(subcommand)]
@@ -77,6 +83,29 @@ struct UpArgs {
 }
 
 #[derive(Args)]
+struct HealthArgs {
+    /// The node's admin address; an unspecified IP (0.0.0.0) means loopback.
+    #[arg(long, env = "CONCORD_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
+    admin: SocketAddr,
+    /// Check `/readyz` (on the ring, no handoff running) instead of `/healthz`.
+    #[arg(long)]
+    ready: bool,
+    /// How long to wait for the answer.
+    #[arg(long, default_value = "2s")]
+    timeout: HumanDuration,
+}
+
+#[derive(Args)]
+struct DrainArgs {
+    /// The node's admin address; an unspecified IP (0.0.0.0) means loopback.
+    #[arg(long, env = "CONCORD_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
+    admin: SocketAddr,
+    /// Wait up to this long for the node to hand off and exit, e.g. `50s`.
+    #[arg(long)]
+    wait: Option<HumanDuration>,
+}
+
+#[derive(Args)]
 struct TokenArgs {
     /// The node's token secret.
     #[arg(long, env = "CONCORD_TOKEN_SECRET", hide_env_values = true)]
@@ -115,6 +144,8 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Dict { command } => concord_gateway::dict_cli::run(command),
+        Command::Health(args) => health(&args),
+        Command::Drain(args) => drain(&args),
         Command::Serve(command) => {
             let ServeCommand {
                 args,
@@ -128,6 +159,86 @@ fn main() -> anyhow::Result<()> {
             command: ClusterCommand::Up(args),
         } => runtime()?.block_on(cluster_up(args)),
     }
+}
+
+/// `/healthz` or `/readyz`: exits 0 on 200.
+fn health(args: &HealthArgs) -> anyhow::Result<()> {
+    let path = if args.ready { "/readyz" } else { "/healthz" };
+    let addr = loopback_if_unspecified(args.admin);
+    let (status, body) = admin_request(addr, "GET", path, args.timeout.0)?;
+    if status == 200 {
+        println!("{path}: {body}");
+        Ok(())
+    } else {
+        anyhow::bail!("{path} at {addr}: {status} {body}")
+    }
+}
+
+/// `POST /admin/drain`, then (with `--wait`) waits until the node has handed off and
+/// exited: a Kubernetes preStop hook, so the pod's SIGTERM finds nothing left to do.
+fn drain(args: &DrainArgs) -> anyhow::Result<()> {
+    let addr = loopback_if_unspecified(args.admin);
+    let step = Duration::from_secs(2);
+    let (status, body) = admin_request(addr, "POST", "/admin/drain", step)?;
+    if status != 202 {
+        anyhow::bail!("/admin/drain at {addr}: {status} {body}");
+    }
+    println!("draining {addr}");
+    let Some(wait) = args.wait else {
+        return Ok(());
+    };
+    let until = Instant::now() + wait.0;
+    while Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(250));
+        if admin_request(addr, "GET", "/healthz", step).is_err() {
+            println!("drained: the node has exited");
+            return Ok(());
+        }
+    }
+    anyhow::bail!("{addr} still runs {wait} after the drain began")
+}
+
+fn loopback_if_unspecified(mut addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => IpAddr::from([127, 0, 0, 1]),
+            SocketAddr::V6(_) => IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+        });
+    }
+    addr
+}
+
+/// One HTTP/1.0 request to the admin port: its status and body. Written by hand (a
+/// dozen lines) so the image needs no curl and the binary no HTTP client crate.
+fn admin_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    timeout: Duration,
+) -> anyhow::Result<(u16, String)> {
+    use std::io::Read as _;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)
+        .with_context(|| format!("cannot reach the admin port at {addr}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
+    )?;
+    let mut answer = Vec::new();
+    stream
+        .take(64 * 1024)
+        .read_to_end(&mut answer)
+        .with_context(|| format!("no answer from {addr}{path}"))?;
+    let answer = String::from_utf8_lossy(&answer);
+    let status = answer
+        .lines()
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("{addr}{path} did not answer HTTP"))?;
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default().trim();
+    Ok((status, body.to_owned()))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -161,6 +272,8 @@ fn init_tracing(filter: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colours only on a terminal: a container's log is read by machines.
+        .with_ansi(std::io::stdout().is_terminal())
         // By default a failed log write is reported with `eprintln!`, which panics when
         // stderr is a closed pipe (a `cluster up` parent that died): a node must outlive
         // its log reader, so drop such events instead.

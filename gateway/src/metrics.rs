@@ -139,10 +139,19 @@ pub fn cluster_members(state: &'static str, n: usize) {
     gauge!("concord_cluster_members", "state" => state).set(n as f64);
 }
 
-/// Counts a ring change and sets how many partitions this node now owns.
-pub fn ring_changed(owned: usize) {
+/// Counts a ring change and sets how many partitions this node now owns. The ring's
+/// version is `concord_ring_info{version}` = 1 (the one before goes to 0), so an alert
+/// can see nodes that disagree on the ring: `count(count by (version)
+/// (concord_ring_info == 1)) > 1`.
+pub fn ring_changed(owned: usize, before: Option<&str>, now: Option<&str>) {
     counter!("concord_ring_changes_total").increment(1);
     gauge!("concord_ring_owned_partitions").set(owned as f64);
+    if let Some(before) = before {
+        gauge!("concord_ring_info", "version" => before.to_owned()).set(0.0);
+    }
+    if let Some(now) = now {
+        gauge!("concord_ring_info", "version" => now.to_owned()).set(1.0);
+    }
 }
 
 fn known_event_type(t: &str) -> &'static str {
@@ -212,6 +221,16 @@ pub fn peer_router_counters(
             now.stray_events,
         ),
         ("concord_peer_fenced_total", before.fenced, now.fenced),
+        (
+            "concord_peer_fresh_sequences_total",
+            before.fresh_sequences,
+            now.fresh_sequences,
+        ),
+        (
+            "concord_peer_handoff_timeouts_total",
+            before.handoff_timeouts,
+            now.handoff_timeouts,
+        ),
     ];
     for (name, b, n) in pairs {
         if n > b {

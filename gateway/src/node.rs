@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::serve::ListenerExt as _;
+use concord_protocol::SessionId;
 use concord_protocol::zstd_dict::{DictSet, Dictionary};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinHandle;
@@ -22,7 +23,7 @@ use tokio_util::task::TaskTracker;
 use crate::admin::{self, AdminState};
 use crate::api::{self, ApiState};
 use crate::cluster::{self, Advertised, ClusterView, Gossip};
-use crate::config::{Config, SessionReplication};
+use crate::config::{Config, HostPort, SessionReplication};
 use crate::conn::{self, Shared};
 use crate::dicts::DictStore;
 use crate::grpc::PublishService;
@@ -123,6 +124,16 @@ impl Node {
     }
 }
 
+/// The address `--<flag>` names, resolved now.
+async fn advertised(flag: &str, at: &HostPort) -> io::Result<SocketAddr> {
+    at.resolve_one().await.map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("--{flag} {at} does not resolve: {e}"),
+        )
+    })
+}
+
 /// Starts a node on `listeners`. It runs until drained.
 pub async fn start(config: Config, listeners: Listeners) -> io::Result<Node> {
     let config = Arc::new(config);
@@ -151,8 +162,14 @@ pub async fn start(config: Config, listeners: Listeners) -> io::Result<Node> {
     let gossip = match (listeners.gossip, &config.cluster_secret) {
         (Some(socket), Some(secret)) => Some(Gossip {
             socket,
-            advertise: config.gossip_advertise,
+            advertise: match &config.gossip_advertise {
+                Some(a) => Some(advertised("gossip-advertise", a).await?),
+                None => None,
+            },
             seeds: config.seeds.clone(),
+            resolved_seeds: cluster::resolve_seeds(&config.seeds).await,
+            bootstrap: config.seeds.is_empty()
+                || config.bootstrap_node.as_deref() == Some(config.node_id.as_str()),
             secret: secret.clone(),
             timing: config.gossip_timing,
         }),
@@ -171,7 +188,10 @@ pub async fn start(config: Config, listeners: Listeners) -> io::Result<Node> {
             api_url: public_api_url.clone(),
             admin_addr,
             // The bound address, so a port-0 listener advertises its real port.
-            peer_addr: config.peer_advertise.or(peer_addr),
+            peer_addr: match &config.peer_advertise {
+                Some(a) => Some(advertised("peer-advertise", a).await?),
+                None => peer_addr,
+            },
         },
         gossip,
         config.ring,
@@ -331,7 +351,20 @@ pub async fn start(config: Config, listeners: Listeners) -> io::Result<Node> {
         let started = tokio::time::Instant::now();
         let _ = accept.await;
         tokio::time::sleep(announce).await;
-        tracing::info!("draining: closing client connections with op 7");
+        // The sessions whose clients are told to go now: the drain waits for these to
+        // be taken over. Sessions whose clients left earlier may come back at any time
+        // in the resume window; waiting for them would only spend the grace period, and
+        // their replicas answer for them once this node is gone.
+        let told: Vec<SessionId> = registry
+            .all()
+            .into_iter()
+            .filter(|s| s.lock().attachment.is_some())
+            .map(|s| s.id)
+            .collect();
+        tracing::info!(
+            sessions = told.len(),
+            "draining: closing client connections with op 7"
+        );
         close_clients.cancel();
         connections.close();
         if tokio::time::timeout(grace, connections.wait())
@@ -345,18 +378,27 @@ pub async fn start(config: Config, listeners: Listeners) -> io::Result<Node> {
         }
         if hand_off {
             let deadline = started + grace;
-            while !registry.is_empty() && tokio::time::Instant::now() < deadline {
+            let still_here = || {
+                told.iter()
+                    .filter(|id| registry.find(**id).is_some())
+                    .count()
+            };
+            while still_here() > 0 && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
             tokio::time::sleep(announce).await;
-            let left = registry.len();
+            let left = still_here();
             if left > 0 {
                 tracing::info!(
                     sessions = left,
                     "drain grace passed: sessions not resumed elsewhere yet stay resumable from their replicas"
                 );
             } else {
-                tracing::info!("every session moved to another node");
+                tracing::info!(
+                    sessions = told.len(),
+                    detached = registry.len(),
+                    "every session told to go moved to another node; detached ones stay resumable from their replicas"
+                );
             }
         }
         stop.cancel();

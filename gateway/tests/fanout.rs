@@ -28,7 +28,7 @@ fn node_config(id: &str, seeds: Vec<SocketAddr>) -> Config {
     c.gossip_listen = Some(any);
     c.peer_listen = Some(any);
     c.cluster_secret = Some("fanout-test-secret".into());
-    c.seeds = seeds;
+    c.seeds = seeds.into_iter().map(Into::into).collect();
     c
 }
 

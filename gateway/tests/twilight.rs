@@ -157,7 +157,7 @@ async fn twilight_resumes_on_another_node() {
         c.gossip_listen = Some(any);
         c.peer_listen = Some(any);
         c.cluster_secret = Some("twilight-test-secret".into());
-        c.seeds = seeds;
+        c.seeds = seeds.into_iter().map(Into::into).collect();
         c.heartbeat_interval = Duration::from_millis(500);
         c
     };

@@ -226,9 +226,13 @@ type Swim = Foca<NodeIdentity, PostcardCodec, SmallRng, StateHandler>;
 pub struct MembershipConfig {
     /// This node's identity (its generation fresh for this run).
     pub identity: NodeIdentity,
-    /// Gossip addresses to join through. Empty: this node starts a cluster (it is
-    /// `active` at once).
+    /// Gossip addresses to join through (this node's own address is ignored).
     pub seeds: Vec<SocketAddr>,
+    /// With no seed but itself, does this node start a cluster (`active` at once)? A node
+    /// with no seeds configured does; a node whose seeds are names that do not resolve
+    /// yet must not (it would form a cluster of its own beside the real one), so it stays
+    /// `joining` until [`Membership::set_seeds`] gives it an address to knock on.
+    pub bootstrap: bool,
     /// Timing.
     pub timing: Timing,
     /// Seed of foca's RNG (member choice); fixed in tests so runs replay exactly.
@@ -285,7 +289,7 @@ impl Membership {
             PostcardCodec,
             StateHandler::new(board.clone()),
         );
-        let state = if seeds.is_empty() {
+        let state = if seeds.is_empty() && config.bootstrap {
             NodeState::Active
         } else {
             NodeState::Joining
@@ -360,6 +364,28 @@ impl Membership {
             .flatten()
             .min()
             .unwrap_or(self.next_refresh)
+    }
+
+    /// The seeds' addresses changed (their names were resolved again): knock on these
+    /// from now on whenever this node knows no live member. A node already in a cluster
+    /// keeps its members and ignores seeds.
+    pub fn set_seeds(&mut self, seeds: Vec<SocketAddr>, now: Instant) {
+        let own = self.foca.identity().gossip_addr;
+        let seeds: Vec<SocketAddr> = seeds.into_iter().filter(|s| *s != own).collect();
+        if seeds == self.seeds {
+            return;
+        }
+        // Knock at once if nobody is known: a joining node, or one that started a
+        // cluster alone (its seeds did not resolve then) and must merge into theirs.
+        if !seeds.is_empty() && self.next_join.is_none() && self.state != NodeState::Draining {
+            self.next_join = Some(now);
+        }
+        self.seeds = seeds;
+    }
+
+    /// Whether this node is still looking for a cluster to join.
+    pub fn is_joining(&self) -> bool {
+        self.state == NodeState::Joining
     }
 
     fn join_due(&self) -> Option<Instant> {
@@ -684,9 +710,14 @@ mod tests {
         }
 
         fn start(&mut self, i: u16, generation: u64, seeds: &[u16]) {
+            self.start_with(i, generation, seeds, true);
+        }
+
+        fn start_with(&mut self, i: u16, generation: u64, seeds: &[u16], bootstrap: bool) {
             let config = MembershipConfig {
                 identity: identity(i, generation),
                 seeds: seeds.iter().map(|s| addr(*s)).collect(),
+                bootstrap,
                 timing: Timing::default(),
                 rng_seed: u64::from(i) * 1000 + generation,
                 ring: RingConfig::default(),
@@ -986,6 +1017,37 @@ mod tests {
         sim.run_until(Duration::from_secs(5), |s| s.dropped >= 3);
         assert_eq!(sim.nodes[&addr(1)].state(), NodeState::Joining);
         assert!(sim.nodes[&addr(1)].view().ring.is_none());
+    }
+
+    #[test]
+    fn a_node_whose_seed_names_resolve_to_nothing_waits_instead_of_forming_its_own_cluster() {
+        let mut sim = Sim::new();
+        sim.start(1, 1, &[]);
+        assert!(sim.agree_on(&["n1"]));
+        // Not the bootstrap node, and its seeds' names resolved to nothing (or only to
+        // itself): it must not start a second cluster beside n1.
+        sim.start_with(2, 1, &[2], false);
+        let until = sim.now + Duration::from_secs(5);
+        sim.run_until(Duration::from_secs(5), |s| s.now >= until);
+        assert_eq!(sim.nodes[&addr(2)].state(), NodeState::Joining);
+        assert!(sim.nodes[&addr(2)].view().ring.is_none());
+        // The names resolve now: it joins n1's cluster.
+        let now = sim.now;
+        if let Some(n2) = sim.nodes.get_mut(&addr(2)) {
+            n2.set_seeds(vec![addr(1), addr(2)], now);
+        }
+        sim.run_until(Duration::from_secs(10), |s| s.agree_on(&["n1", "n2"]));
+        // A bootstrap node whose seeds resolved to nothing started alone; once they
+        // resolve, it merges into the others' cluster instead of staying split.
+        sim.start_with(3, 1, &[], true);
+        sim.run_until(Duration::from_secs(1), |s| {
+            s.nodes[&addr(3)].state() == NodeState::Active
+        });
+        let now = sim.now;
+        if let Some(n3) = sim.nodes.get_mut(&addr(3)) {
+            n3.set_seeds(vec![addr(1), addr(2)], now);
+        }
+        sim.run_until(Duration::from_secs(10), |s| s.agree_on(&["n1", "n2", "n3"]));
     }
 
     #[test]

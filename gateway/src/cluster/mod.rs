@@ -18,7 +18,10 @@
 //!   down renews itself with the next generation and rejoins.
 //! - **Joining**: a node without `--seed` starts a cluster and is `active` at once. A node
 //!   with seeds is `joining` and announces itself to every seed each second until it
-//!   knows a live member; it turns `active` once foca reports it joined and it has heard
+//!   knows a live member. Seeds may be DNS names, resolved again every [`RESOLVE_EVERY`]
+//!   ([`resolve_seeds`], [`Membership::set_seeds`]); a node whose seeds name no node but
+//!   itself waits, unless it is the `--bootstrap-node` ([`MembershipConfig::bootstrap`]),
+//!   which starts the cluster and merges into another one once its seeds resolve; it turns `active` once foca reports it joined and it has heard
 //!   every live member's state (at most [`membership::JOIN_SETTLE`], 2 s, later). Until
 //!   then it has no ring, so a newcomer never briefly believes it owns everything.
 //! - **State**: each node announces its own state as a versioned foca custom broadcast
@@ -82,10 +85,11 @@ use std::sync::Arc;
 
 use concord_ring::{NodeId, RingConfig, RingVersion};
 use tokio::net::UdpSocket;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::HostPort;
 use frame::FrameError;
 use membership::Dropped;
 
@@ -115,8 +119,14 @@ pub struct Gossip {
     pub socket: UdpSocket,
     /// The address other members send to; `None`: the socket's local address.
     pub advertise: Option<SocketAddr>,
-    /// Gossip addresses to join through.
-    pub seeds: Vec<SocketAddr>,
+    /// Where to join through, as configured; names are resolved again every
+    /// [`RESOLVE_EVERY`].
+    pub seeds: Vec<HostPort>,
+    /// What `seeds` resolved to at start ([`resolve_seeds`]).
+    pub resolved_seeds: Vec<SocketAddr>,
+    /// Whether this node starts a cluster when the seeds name no node but itself
+    /// ([`MembershipConfig::bootstrap`]).
+    pub bootstrap: bool,
     /// The cluster secret that keys datagram MACs.
     pub secret: String,
     /// Timing.
@@ -204,7 +214,8 @@ pub fn start(
     };
     let config = MembershipConfig {
         identity,
-        seeds: gossip.seeds,
+        seeds: gossip.resolved_seeds,
+        bootstrap: gossip.bootstrap,
         timing: gossip.timing,
         rng_seed: rand::random(),
         ring,
@@ -222,12 +233,59 @@ pub fn start(
         "gossip membership started"
     );
     let (tx, rx) = watch::channel(core.view());
-    let task = tokio::spawn(own(core, gossip.socket, tx, drain, stop));
+    // Names can stand for nodes that come and go (a headless Service): look again.
+    let seeds = gossip.seeds;
+    let resolved = seeds.iter().any(|s| s.literal().is_none()).then(|| {
+        let (tx, rx) = mpsc::channel(1);
+        tokio::spawn(resolve_again(seeds, tx, stop.clone()));
+        rx
+    });
+    let task = tokio::spawn(own(core, gossip.socket, tx, resolved, drain, stop));
     Ok(Cluster {
         view: rx,
         gossip_addr: Some(advertise),
         task,
     })
+}
+
+/// How often seed names are resolved again.
+pub const RESOLVE_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Every address `seeds` resolve to now. A name that does not resolve (yet) is logged
+/// and skipped: a seed may name a pod that is not up.
+pub async fn resolve_seeds(seeds: &[HostPort]) -> Vec<SocketAddr> {
+    let mut addrs = Vec::new();
+    for seed in seeds {
+        match seed.resolve().await {
+            Ok(found) => addrs.extend(found),
+            Err(e) => tracing::debug!(%seed, "seed does not resolve (yet): {e}"),
+        }
+    }
+    addrs.sort_unstable();
+    addrs.dedup();
+    addrs
+}
+
+/// Resolves `seeds` every [`RESOLVE_EVERY`] and sends what changed, until `stop`.
+async fn resolve_again(
+    seeds: Vec<HostPort>,
+    tx: mpsc::Sender<Vec<SocketAddr>>,
+    stop: CancellationToken,
+) {
+    let mut last = None;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(RESOLVE_EVERY) => {}
+            () = stop.cancelled() => return,
+        }
+        let addrs = resolve_seeds(&seeds).await;
+        if last.as_ref() != Some(&addrs) {
+            last = Some(addrs.clone());
+            if tx.send(addrs).await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 /// A generation for this run: Unix milliseconds, so a restart (even of a process that
@@ -279,6 +337,7 @@ async fn own(
     mut core: Membership,
     socket: UdpSocket,
     view: watch::Sender<Arc<ClusterView>>,
+    mut resolved: Option<mpsc::Receiver<Vec<SocketAddr>>>,
     drain: CancellationToken,
     stop: CancellationToken,
 ) {
@@ -325,6 +384,17 @@ async fn own(
             },
             () = tokio::time::sleep_until(deadline) => {
                 core.handle_timeout(tokio::time::Instant::now().into_std());
+            }
+            Some(seeds) = async {
+                match &mut resolved {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if core.is_joining() {
+                    tracing::info!(?seeds, "seeds resolved");
+                }
+                core.set_seeds(seeds, tokio::time::Instant::now().into_std());
             }
             () = drain.cancelled(), if core.state() != NodeState::Draining => {
                 tracing::info!("draining: leaving the ring");
@@ -384,7 +454,11 @@ impl Published {
                 owned,
                 "ring changed"
             );
-            crate::metrics::ring_changed(owned);
+            crate::metrics::ring_changed(
+                owned,
+                self.ring.map(|v| v.to_string()).as_deref(),
+                version.map(|v| v.to_string()).as_deref(),
+            );
             self.ring = version;
         }
         tx.send_replace(view);
