@@ -1,5 +1,6 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/cluster`, `POST /admin/drain`
-//! and `POST /admin/dictionaries/retrain`.
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/cluster`,
+//! `/cluster/guilds/{id}` (who owns a guild in this node's ring), `POST /admin/drain` and
+//! `POST /admin/dictionaries/retrain`.
 
 use std::sync::Arc;
 
@@ -34,6 +35,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/cluster", get(cluster))
+        .route("/cluster/guilds/{guild_id}", get(guild_placement))
         .route("/admin/drain", post(drain))
         .route("/admin/dictionaries/retrain", post(retrain))
         .with_state(state)
@@ -74,6 +76,32 @@ async fn cluster(State(s): State<AdminState>) -> axum::Json<serde_json::Value> {
     // Clone the Arc and release the watch lock before serialising.
     let view = s.cluster.borrow().clone();
     axum::Json(view.to_json())
+}
+
+/// `{"guild", "owner", "replicas", "ring_version"}` in this node's ring; 503 without one.
+async fn guild_placement(
+    State(s): State<AdminState>,
+    axum::extract::Path(guild): axum::extract::Path<u64>,
+) -> (StatusCode, axum::Json<serde_json::Value>) {
+    let view = s.cluster.borrow().clone();
+    match view.replicas_of_guild(guild) {
+        Some(list) => {
+            let nodes: Vec<String> = list.iter().map(ToString::to_string).collect();
+            (
+                StatusCode::OK,
+                axum::Json(serde_json::json!({
+                    "guild": guild.to_string(),
+                    "owner": nodes.first(),
+                    "replicas": nodes.get(1..).unwrap_or_default(),
+                    "ring_version": view.ring_version().map(|v| v.to_string()),
+                })),
+            )
+        }
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"error": "this node has no ring yet"})),
+        ),
+    }
 }
 
 async fn readyz(State(s): State<AdminState>) -> (StatusCode, String) {

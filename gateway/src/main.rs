@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use concord_gateway::ServeArgs;
 use concord_gateway::config::{Config, HumanDuration};
+use concord_protocol::admin_http;
 use concord_protocol::token::{self, Claims};
 
 #[global_allocator]
@@ -208,8 +209,7 @@ fn loopback_if_unspecified(mut addr: SocketAddr) -> SocketAddr {
     addr
 }
 
-/// One HTTP/1.0 request to the admin port: its status and body. Written by hand (a
-/// dozen lines) so the image needs no curl and the binary no HTTP client crate.
+/// One HTTP/1.0 request to the admin port ([`admin_http`]): its status and body.
 fn admin_request(
     addr: SocketAddr,
     method: &str,
@@ -221,24 +221,15 @@ fn admin_request(
         .with_context(|| format!("cannot reach the admin port at {addr}"))?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
-    write!(
-        stream,
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
-    )?;
+    stream.write_all(&admin_http::request(method, path, &addr.to_string()))?;
     let mut answer = Vec::new();
     stream
         .take(64 * 1024)
         .read_to_end(&mut answer)
         .with_context(|| format!("no answer from {addr}{path}"))?;
-    let answer = String::from_utf8_lossy(&answer);
-    let status = answer
-        .lines()
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("{addr}{path} did not answer HTTP"))?;
-    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default().trim();
-    Ok((status, body.to_owned()))
+    let (status, body) =
+        admin_http::parse_response(&answer).with_context(|| format!("{addr}{path}"))?;
+    Ok((status, body.trim().to_owned()))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

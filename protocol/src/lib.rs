@@ -26,6 +26,8 @@
 //!   the frame format spec.
 //! - [`corpus`] — a seeded generator of realistic gateway dispatches (and a reader for
 //!   captures), for training dictionaries and benchmarking the codecs.
+//! - [`admin_http`] — the one-request HTTP/1.0 the probing tools speak to a node's admin
+//!   port (`concord health`, `concord drain`, `concord-chaos`).
 //! - The `.proto` files of the gRPC services live in `proto/` ([`PROTO_DIR`]); the crates
 //!   that serve or call them compile them with `protox` (no `protoc` needed).
 //!
@@ -47,6 +49,7 @@
 //! - [`zstd_dict`] — transport compression `zstd-dict` (frame format, dictionaries).
 //! - [`corpus`] — generated and captured gateway event corpora.
 
+pub mod admin_http;
 pub mod codec;
 pub mod command;
 pub mod corpus;
