@@ -104,7 +104,7 @@ fn peer_table(r: &Report) -> String {
 }
 
 fn summary_table(r: &Report) -> String {
-    let rows: [(&str, String); 18] = [
+    let rows: [(&str, String); 19] = [
         (
             "connections.established",
             r.connections.established.to_string(),
@@ -126,6 +126,7 @@ fn summary_table(r: &Report) -> String {
         ),
         ("gaps", r.gaps.to_string()),
         ("duplicates", r.duplicates.to_string()),
+        ("reordered", r.reordered.to_string()),
         ("resumes.ok", r.resumes.ok.to_string()),
         ("resumes.failed", r.resumes.failed.to_string()),
         ("errors", r.errors.to_string()),

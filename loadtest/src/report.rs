@@ -80,6 +80,9 @@ pub struct Report {
     pub gaps: u64,
     /// Events received more than once.
     pub duplicates: u64,
+    /// Events of a guild received after a later one of the same guild.
+    #[serde(default)]
+    pub reordered: u64,
     /// Resumes attempted.
     pub resumes: Resumes,
     /// Protocol, decode, publish and zombie-connection errors.
@@ -231,6 +234,7 @@ pub(crate) mod tests {
             bytes_received_per_delivery: 187.5,
             gaps: 0,
             duplicates: 0,
+            reordered: 0,
             resumes: Resumes { ok: 7, failed: 1 },
             errors: 3,
             published: 60_000,

@@ -793,6 +793,7 @@ fn build_report(
         },
         gaps: m.totals.gaps + c.seq_errors,
         duplicates: m.totals.duplicates,
+        reordered: m.totals.reordered,
         resumes: report::Resumes {
             ok: c.resumes_ok,
             failed: c.resumes_failed,
