@@ -36,6 +36,7 @@ pub const REQUIRED_PATHS: &[&str] = &[
     "bytes_received_per_delivery",
     "gaps",
     "duplicates",
+    "reordered",
     "resumes.ok",
     "resumes.failed",
     "errors",
