@@ -32,6 +32,8 @@ pub struct Observed {
     /// `concord_resumes_total` by outcome, summed over the nodes at the end (for the
     /// report; the verdicts come from the clients).
     pub resume_outcomes: std::collections::BTreeMap<String, u64>,
+    /// Each node's non-zero `concord_peer_*_total` counters at the end (for the report).
+    pub node_counters: std::collections::BTreeMap<String, std::collections::BTreeMap<String, f64>>,
 }
 
 /// A measured time after one step.

@@ -484,6 +484,20 @@ pub async fn exercise(
             for (outcome, n) in labelled(&page, "concord_resumes_total", "outcome") {
                 *observed.resume_outcomes.entry(outcome).or_default() += n as u64;
             }
+            // The peer layer's counters (resyncs, gap requests, fresh sequences, ...):
+            // where to look when an event invariant fails.
+            let counters = page
+                .lines()
+                .filter(|l| l.starts_with("concord_peer_") && l.contains("_total"))
+                .filter_map(|l| {
+                    let (name, v) = l.rsplit_once(' ')?;
+                    Some((name.to_owned(), v.parse::<f64>().ok()?))
+                })
+                .filter(|(_, v)| *v > 0.0)
+                .collect();
+            observed
+                .node_counters
+                .insert(driver.nodes()[i].id.clone(), counters);
         }
     }
     if finished && let Ok(text) = std::fs::read_to_string(&load_report) {
