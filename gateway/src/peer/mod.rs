@@ -453,6 +453,16 @@ pub struct RouterTask {
     drained: BTreeSet<(NodeId, u64)>,
 }
 
+/// Where this incarnation's publish ids start: its generation (Unix ms) times 2^20.
+/// Owners recognise a re-sent forward by (origin, publish id) for as long as the event is
+/// in the guild's log, on every node the log travels to; a restarted node counting from 0
+/// again would reuse ids of its previous incarnation, and each such publish would be
+/// acknowledged with the old event's seq and never delivered. Ids of two incarnations
+/// overlap only if the first made 2^20 publishes per millisecond it ran.
+fn first_publish_id(generation: u64) -> u64 {
+    generation.saturating_mul(1 << 20)
+}
+
 impl RouterTask {
     /// A router task for node `me`, delivering to `hub`, following `view`.
     pub fn new(
@@ -463,6 +473,7 @@ impl RouterTask {
     ) -> Self {
         let ring = view.borrow().ring.clone();
         let ring_version = view.borrow().ring_version();
+        let next_publish_id = first_publish_id(view.borrow().generation);
         let was_on_ring = ring
             .as_ref()
             .is_some_and(|r| r.members().iter().any(|m| m.id() == &me));
@@ -491,7 +502,7 @@ impl RouterTask {
             links: HashMap::new(),
             outbox: HashMap::new(),
             replies: HashMap::new(),
-            next_publish_id: 0,
+            next_publish_id,
             exported: ClusterCounters::default(),
             replicas: SessionReplicas::new(settings.max_entries),
             settings,
@@ -1421,4 +1432,22 @@ fn without(ring: &Ring, config: concord_ring::RingConfig, me: &NodeId) -> Option
         .filter(|id| id != me)
         .collect();
     build_ring(config, others)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_publish_id;
+
+    #[test]
+    fn a_restarted_node_never_reuses_a_publish_id() {
+        // Generations are Unix milliseconds; a restart is at least a few ms later.
+        let first = 1_796_420_546_223;
+        let restarted = first + 5;
+        // Even a million publishes a second for a year stay below the next range.
+        let used = first_publish_id(first) + 1_000_000 * 86_400 * 365;
+        assert!(used < first_publish_id(restarted) || restarted - first > 5);
+        assert!(first_publish_id(first) + (5 << 20) <= first_publish_id(restarted));
+        // Room left in u64 for centuries of generations.
+        assert!(first_publish_id(first * 9) < u64::MAX);
+    }
 }

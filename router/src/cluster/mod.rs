@@ -137,9 +137,12 @@ impl std::fmt::Display for GuildSeq {
     }
 }
 
-/// The caller's id for one publish, unique among the publishes of its origin node (a
-/// counter is enough). The pair (origin node, publish id) identifies a publish in the
-/// whole cluster, which is what makes a re-sent forward idempotent.
+/// The caller's id for one publish, unique among the publishes of its origin node,
+/// across its restarts too (a counter that starts from the node's generation; see the
+/// gateway's `first_publish_id`). The pair (origin node, publish id) identifies a publish
+/// in the whole cluster, which is what makes a re-sent forward idempotent: an owner that
+/// sees the pair again answers with the seq it already gave, so a reused id is
+/// acknowledged and never delivered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PublishId(pub u64);
 
