@@ -214,7 +214,7 @@ fn progress(phase: &Phase, guild: u64, highest: Option<u64>) -> Progress {
     match phase {
         Phase::Ramp | Phase::Publishing => Progress::Running,
         Phase::Stop(_) => Progress::Stop,
-        Phase::Final(last) => match last.get(&guild).copied().unwrap_or(0) {
+        Phase::Final(published) => match published.last(guild) {
             0 => Progress::CaughtUp,
             last if highest.is_some_and(|h| h >= last) => Progress::CaughtUp,
             last => Progress::Awaiting { last },
@@ -326,8 +326,8 @@ pub async fn run_session(plan: SessionPlan, transport: Transport, shared: &Share
     }
     // Whatever the session last saw, Final or Stop carries the publisher's last sequence
     // numbers: events that had not arrived by now are lost (or too late) and count.
-    if let Phase::Final(last) | Phase::Stop(last) = &*phase.borrow() {
-        tracker.close(plan.guild, last.get(&plan.guild).copied().unwrap_or(0));
+    if let Phase::Final(p) | Phase::Stop(p) = &*phase.borrow() {
+        tracker.close(plan.guild, p.last(plan.guild), p.unknown(plan.guild));
     }
     shared.add_tracker(&tracker);
 }
@@ -629,8 +629,8 @@ pub async fn run_peer_session(
         }
     }
     shared.connected.fetch_sub(1, Ordering::Relaxed);
-    if let Phase::Final(last) | Phase::Stop(last) = &*phase.borrow() {
-        tracker.close(guild, last.get(&guild).copied().unwrap_or(0));
+    if let Phase::Final(p) | Phase::Stop(p) = &*phase.borrow() {
+        tracker.close(guild, p.last(guild), p.unknown(guild));
     }
     shared.add_tracker(&tracker);
 }

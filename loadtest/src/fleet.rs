@@ -86,6 +86,30 @@ pub struct FleetPlan {
     pub deadline_unix_us: u64,
 }
 
+/// How publishing ended, per guild: the last `pseq` the API accepted, and the numbers
+/// whose outcome is unknown (a 504, or a connection broken after the request went out).
+/// An event at an unknown number may or may not arrive: it is neither required nor a gap.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Published {
+    /// Guild -> last accepted `pseq`.
+    pub last: HashMap<u64, u64>,
+    /// Guild -> `pseq`s with an unknown outcome, ascending.
+    #[serde(default, skip_serializing_if = "HashMap::is_empty")]
+    pub unknown: HashMap<u64, Vec<u64>>,
+}
+
+impl Published {
+    /// The last accepted `pseq` of `guild` (0: none).
+    pub fn last(&self, guild: u64) -> u64 {
+        self.last.get(&guild).copied().unwrap_or(0)
+    }
+
+    /// The `pseq`s of `guild` whose outcome is unknown.
+    pub fn unknown(&self, guild: u64) -> &[u64] {
+        self.unknown.get(&guild).map_or(&[], Vec::as_slice)
+    }
+}
+
 /// Where the run is; every session watches it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -94,12 +118,12 @@ pub enum Phase {
     Ramp,
     /// Publishing has begun: a session that gets READY now may have missed events.
     Publishing,
-    /// Publishing is over; the map holds each guild's last accepted publisher sequence.
+    /// Publishing is over; it holds each guild's last accepted publisher sequence.
     /// Sessions end once they have it, and count what never came as gaps.
-    Final(HashMap<u64, u64>),
-    /// Stop now. Carries the same map as `Final` (a session may see only this one):
-    /// events not received by now count as lost. Empty when the run was cut short.
-    Stop(HashMap<u64, u64>),
+    Final(Published),
+    /// Stop now. Carries the same as `Final` (a session may see only this one): events
+    /// not received by now count as lost. Empty when the run was cut short.
+    Stop(Published),
 }
 
 /// A coordinator-to-worker line.
@@ -459,7 +483,7 @@ pub async fn worker_main() -> anyhow::Result<()> {
                     }
                 }
                 _ => {
-                    let _ = phase_tx.send(Phase::Stop(HashMap::new()));
+                    let _ = phase_tx.send(Phase::Stop(Published::default()));
                     break;
                 }
             }
@@ -546,12 +570,16 @@ mod tests {
 
     #[test]
     fn control_lines_round_trip() {
-        let msg = ToWorker::Phase(Phase::Final(HashMap::from([(GUILD_BASE, 7)])));
+        let msg = ToWorker::Phase(Phase::Final(Published {
+            last: HashMap::from([(GUILD_BASE, 7)]),
+            unknown: HashMap::from([(GUILD_BASE, vec![3])]),
+        }));
         let line = serde_json::to_string(&msg).unwrap();
         let ToWorker::Phase(Phase::Final(m)) = serde_json::from_str(&line).unwrap() else {
             panic!("{line}");
         };
-        assert_eq!(m[&GUILD_BASE], 7);
+        assert_eq!(m.last(GUILD_BASE), 7);
+        assert_eq!(m.unknown(GUILD_BASE), &[3]);
         let plan_line = serde_json::to_string(&ToWorker::Plan {
             plan: plan(),
             index: 1,

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::client::{self, Transport};
-use crate::fleet::{Fleet, FleetPlan, GUILD_BASE, Phase, Target};
+use crate::fleet::{Fleet, FleetPlan, GUILD_BASE, Phase, Published, Target};
 use crate::peer::{self, PeerUrl};
 use crate::report::{self, Report};
 use crate::stats::{Counters, Shared, lock};
@@ -369,9 +369,10 @@ enum Backend {
 }
 
 impl Backend {
-    /// Publishes one event. `Ok(true)`: accepted. `Ok(false)`: refused, so the
-    /// publisher sequence number was not used. `Err`: unknown (a timeout or a broken
-    /// connection), so the number counts as used.
+    /// Publishes one event. `Ok(true)`: accepted. `Ok(false)`: not published (every API
+    /// refused it with 503 or could not be reached), so the publisher sequence number was
+    /// not used. `Err`: unknown (a 504, a timeout or a connection broken after the
+    /// request went out), so the number counts as used.
     async fn publish(&mut self, guild: u64, body: &[u8]) -> Result<bool, ()> {
         match self {
             Backend::Http {
@@ -380,33 +381,46 @@ impl Backend {
                 each,
                 secret,
             } => {
-                // `each`: every API in turn, so each node's copy of a guild stays in
-                // order. Otherwise one API per guild: any node accepts any guild.
-                let one = apis.get(guild as usize % apis.len().max(1));
-                let targets: Vec<&String> = if *each {
-                    apis.iter().collect()
-                } else {
-                    one.into_iter().collect()
-                };
-                let mut accepted = !targets.is_empty();
-                for api in targets {
-                    let response = client
+                let send = |api: &String| {
+                    client
                         .post(format!("{api}/v1/guilds/{guild}/events"))
-                        .bearer_auth(&*secret)
+                        .bearer_auth(&**secret)
                         .header("content-type", "application/json")
                         .body(body.to_vec())
                         .timeout(Duration::from_secs(10))
                         .send()
-                        .await
-                        .map_err(|_| ())?;
-                    // 504: the owner did not acknowledge in time and may still sequence
-                    // it, so the number counts as used (a 503 did not publish it).
-                    if response.status().as_u16() == 504 {
-                        return Err(());
+                };
+                if *each {
+                    // Every API in turn, so each standalone node's copy stays in order.
+                    let mut accepted = !apis.is_empty();
+                    for api in apis.iter() {
+                        match send(api).await {
+                            Ok(r) if r.status().as_u16() == 504 => return Err(()),
+                            Ok(r) => accepted &= r.status().is_success(),
+                            Err(e) if e.is_connect() => accepted = false,
+                            Err(_) => return Err(()),
+                        }
                     }
-                    accepted &= response.status().is_success();
+                    return Ok(accepted);
                 }
-                Ok(accepted)
+                // One API per guild (any node accepts any guild); when it is down or
+                // refuses (503: draining, or cut off from the guild's owner), the next
+                // one, as a backend behind a balancer would.
+                let n = apis.len();
+                for i in 0..n {
+                    let api = &apis[(guild as usize + i) % n];
+                    match send(api).await {
+                        // The owner did not acknowledge in time and may still sequence it.
+                        Ok(r) if r.status().as_u16() == 504 => return Err(()),
+                        Ok(r) if r.status().is_success() => return Ok(true),
+                        Ok(r) if r.status().as_u16() == 503 => continue,
+                        Ok(_) => return Ok(false),
+                        // Never reached the node: nothing was published.
+                        Err(e) if e.is_connect() => continue,
+                        Err(_) => return Err(()),
+                    }
+                }
+                Ok(false)
             }
             Backend::Peer(p) => p
                 .publish(&peer::channel(guild), body)
@@ -523,7 +537,7 @@ async fn run_target(
         .await?
     } else {
         tokio::time::sleep_until(publish_end.into()).await;
-        HashMap::new()
+        Published::default()
     };
 
     // Server memory while every session is still connected.
@@ -589,7 +603,7 @@ async fn publish(
     window: std::ops::Range<Instant>,
     payloads: &Arc<Payloads>,
     shared: &Arc<Shared>,
-) -> anyhow::Result<HashMap<u64, u64>> {
+) -> anyhow::Result<Published> {
     let cursor = Arc::new(std::sync::atomic::AtomicUsize::new(args.payload_skip));
     let http = reqwest::Client::new();
     let mut shard_txs = Vec::new();
@@ -615,7 +629,7 @@ async fn publish(
         let cursor = cursor.clone();
         shards.push(tokio::spawn(async move {
             let mut next_pseq = HashMap::<u64, u64>::new();
-            let mut accepted = HashMap::<u64, u64>::new();
+            let mut accepted = Published::default();
             while let Some(g) = rx.recv().await {
                 let n = next_pseq.entry(g).or_insert(1);
                 // One cursor for all shards: the run walks the corpus in order.
@@ -628,7 +642,7 @@ async fn publish(
                 let bytes = body.to_string().into_bytes();
                 match backend.publish(g, &bytes).await {
                     Ok(true) => {
-                        accepted.insert(g, *n);
+                        accepted.last.insert(g, *n);
                         *n += 1;
                         shared.published.fetch_add(1, Ordering::Relaxed);
                     }
@@ -636,7 +650,10 @@ async fn publish(
                     Ok(false) => {
                         shared.errors.fetch_add(1, Ordering::Relaxed);
                     }
+                    // Unknown: it may still arrive; sessions neither require it nor
+                    // count it missing.
                     Err(()) => {
+                        accepted.unknown.entry(g).or_default().push(*n);
                         *n += 1;
                         shared.errors.fetch_add(1, Ordering::Relaxed);
                     }
@@ -664,13 +681,14 @@ async fn publish(
         }
     }
     drop(shard_txs);
-    let mut last = HashMap::new();
+    let mut all = Published::default();
     for s in shards {
         if let Ok(accepted) = s.await {
-            last.extend(accepted);
+            all.last.extend(accepted.last);
+            all.unknown.extend(accepted.unknown);
         }
     }
-    Ok(last)
+    Ok(all)
 }
 
 /// The `d` objects events are built from (the `lt_*` marks are added per publish).

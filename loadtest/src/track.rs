@@ -268,12 +268,40 @@ impl PublisherTracker {
     /// many that was. A guild this session never saw is counted from its expected first
     /// `pseq` under [`FirstExpected::At`], and not at all under `FirstSeen` (where the
     /// session could not know which events were meant for it).
-    pub fn close(&mut self, guild: u64, last: u64) -> u64 {
-        let missing = match (self.guilds.get(&guild), self.first_expected) {
-            (Some(stream), _) => last.saturating_sub(stream.highest),
-            (None, FirstExpected::At(first)) => (last + 1).saturating_sub(first),
-            (None, FirstExpected::FirstSeen) => 0,
+    ///
+    /// `unknown` are the `pseq`s whose publish had an unknown outcome (ascending): one
+    /// that never arrived is not a gap, whether it is in a hole or after the last seen.
+    pub fn close(&mut self, guild: u64, last: u64, unknown: &[u64]) -> u64 {
+        let tail_from = match (self.guilds.get(&guild), self.first_expected) {
+            (Some(stream), _) => Some(stream.highest + 1),
+            (None, FirstExpected::At(first)) => Some(first),
+            (None, FirstExpected::FirstSeen) => None,
         };
+        let mut missing = tail_from.map_or(0, |from| (last + 1).saturating_sub(from));
+        if let Some(from) = tail_from {
+            let excused = unknown.iter().filter(|u| (from..=last).contains(u)).count();
+            missing = missing.saturating_sub(excused as u64);
+        }
+        // Unknown numbers in holes below the highest seen were counted as gaps already.
+        if let Some(stream) = self.guilds.get_mut(&guild) {
+            for &u in unknown {
+                if let Some(i) = stream.holes.iter().position(|&(lo, hi)| lo <= u && u <= hi) {
+                    let (lo, hi) = stream.holes[i];
+                    match (u == lo, u == hi) {
+                        (true, true) => {
+                            stream.holes.remove(i);
+                        }
+                        (true, false) => stream.holes[i].0 = u + 1,
+                        (false, true) => stream.holes[i].1 = u - 1,
+                        (false, false) => {
+                            stream.holes[i].1 = u - 1;
+                            stream.holes.insert(i + 1, (u + 1, hi));
+                        }
+                    }
+                    self.totals.gaps = self.totals.gaps.saturating_sub(1);
+                }
+            }
+        }
         if let Some(stream) = self.guilds.get_mut(&guild) {
             stream.highest = stream.highest.max(last);
         }
@@ -659,15 +687,34 @@ mod tests {
             t.observe(9, p);
         }
         // Published through 8: 6, 7 and 8 never came.
-        assert_eq!(t.close(9, 8), 3);
+        assert_eq!(t.close(9, 8, &[]), 3);
         assert_eq!(t.totals().gaps, 3);
         // Caught up: nothing more is lost, and closing again changes nothing.
-        assert_eq!(t.close(9, 8), 0);
+        assert_eq!(t.close(9, 8, &[]), 0);
         // A guild that never delivered loses everything it published.
-        assert_eq!(t.close(10, 4), 4);
+        assert_eq!(t.close(10, 4, &[]), 4);
         assert_eq!(t.highest(9), Some(8));
         let mut late = PublisherTracker::default();
-        assert_eq!(late.close(3, 10), 0, "FirstSeen cannot know what it missed");
+        assert_eq!(
+            late.close(3, 10, &[]),
+            0,
+            "FirstSeen cannot know what it missed"
+        );
+    }
+
+    #[test]
+    fn publishes_of_unknown_outcome_are_neither_required_nor_gaps() {
+        let mut t = PublisherTracker::new(FirstExpected::At(1));
+        // 3 and 7 had unknown outcomes (the node died mid-request); 3 never came, 9 and
+        // 10 (after the last seen) are unknown too; 11 was accepted and lost.
+        for p in [1, 2, 4, 5, 6, 7, 8] {
+            t.observe(4, p);
+        }
+        assert_eq!(t.totals().gaps, 1);
+        assert_eq!(t.close(4, 11, &[3, 7, 9, 10]), 1);
+        assert_eq!(t.totals().gaps, 1, "only 11 is lost");
+        // A guild never seen: its unknown numbers are excused too.
+        assert_eq!(t.close(5, 3, &[2]), 2);
     }
 
     #[test]
