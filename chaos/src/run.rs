@@ -225,10 +225,21 @@ pub async fn exercise(
             .collect::<Vec<_>>()
             .join(",")
     };
+    let apis = driver
+        .nodes()
+        .iter()
+        .filter(|n| scenario.load.api_nodes.is_empty() || scenario.load.api_nodes.contains(&n.id))
+        .map(|n| n.api_url.clone())
+        .collect::<Vec<_>>()
+        .join(",");
+    anyhow::ensure!(
+        !apis.is_empty(),
+        "load.api-nodes names no node of the cluster"
+    );
     let mut cmd = driver.load_command(&bins.loadtest);
     cmd.arg("run")
         .args(["--targets", &join(|n| &n.client_url)])
-        .args(["--api", &join(|n| &n.api_url)])
+        .args(["--api", &apis])
         .args([
             "--token-secret",
             TOKEN_SECRET,

@@ -147,6 +147,8 @@ pub struct LoadSpec {
     /// More `concord-loadtest run` flags (not `--targets`, `--api`, `--duration`,
     /// `--report`: the tool sets those).
     pub args: Vec<String>,
+    /// The nodes whose APIs take the publishes (`["n2"]`) [default: every node].
+    pub api_nodes: Vec<String>,
 }
 
 impl Default for LoadSpec {
@@ -154,6 +156,7 @@ impl Default for LoadSpec {
         LoadSpec {
             duration: Dur(Duration::from_secs(20)),
             args: Vec::new(),
+            api_nodes: Vec::new(),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Short chaos scenarios against real node processes, asserting their invariants: a
-//! SIGKILLed session host under load on the `local` driver, and the same on the `netns`
-//! driver (real namespaces, veth pairs and a bridge the test makes and removes; skipped,
+//! session host SIGKILLed under load and restarted 8 s later on the `local` driver, and a
+//! SIGKILLed host that stays down on the `netns` driver (real namespaces, veth pairs and a bridge the test makes and removes; skipped,
 //! saying why, where this is not root or `ip netns` is missing). Each is bounded: the
 //! load runs 15 s, the tool stops it 2 minutes past that at the latest.
 
@@ -54,7 +54,7 @@ fn run(scenario: &str, driver: &str) -> serde_json::Value {
 
 #[test]
 fn a_killed_session_host_loses_nothing_on_local_and_netns() {
-    let r = run("kill-host-stays-down.toml", "local");
+    let r = run("kill-session-host.toml", "local");
     assert_eq!(r["pass"], true);
     assert_eq!(r["observed"]["lost"], 0);
     assert!(

@@ -1,6 +1,9 @@
 //! The `docker` driver: containers of the `concord` image (`deploy/image/build.sh`) on a
-//! private network `concord-chaos-<pid>` with fixed addresses (10.213.x.(10 + k)), each
-//! publishing its client, API and admin ports on 127.0.0.1. kill is `docker kill`, stop
+//! private network `concord-chaos-<pid>` with fixed addresses (10.213.x.(10 + k)). The
+//! tool and the load tester reach them at those addresses (the host routes to its bridge
+//! networks), not through published ports: Docker's userland proxy accepts a connection
+//! even when the container behind it is dead, which a publisher would have to count as
+//! an unknown outcome. kill is `docker kill`, stop
 //! and cont are `docker pause` / `unpause` (the freezer: a gray failure), restart is
 //! `docker start`, drain runs `concord drain` inside the container (the Kubernetes preStop
 //! hook), a partition disconnects the container from the network. Teardown removes the
@@ -41,15 +44,13 @@ impl Docker {
         let n = usize::from(spec.nodes);
         let base = super::local::free_base(n)?;
         let tag = format!("concord-chaos-{}", std::process::id());
+        // Addresses are filled in by `start`, once the network's subnet is known.
         let nodes = (1..=n)
-            .map(|k| {
-                let port = base + 10 * (k as u16 - 1);
-                NodeSpec {
-                    id: format!("n{k}"),
-                    client_url: format!("ws://127.0.0.1:{port}"),
-                    api_url: format!("http://127.0.0.1:{}", port + 1),
-                    admin: SocketAddr::from(([127, 0, 0, 1], port + 2)),
-                }
+            .map(|k| NodeSpec {
+                id: format!("n{k}"),
+                client_url: String::new(),
+                api_url: String::new(),
+                admin: SocketAddr::from(([127, 0, 0, 1], 0)),
             })
             .collect();
         Ok(Docker {
@@ -109,6 +110,13 @@ impl Docker {
         }
         let n = self.nodes.len();
         for k in 1..=n {
+            let ip = self.ip(k);
+            let node = &mut self.nodes[k - 1];
+            node.client_url = format!("ws://{ip}:8080");
+            node.api_url = format!("http://{ip}:8081");
+            node.admin = format!("{ip}:9090").parse().context("container address")?;
+        }
+        for k in 1..=n {
             let port = self.base + 10 * (k as u16 - 1);
             let seeds: Vec<String> = (1..=n)
                 .filter(|j| *j != k)
@@ -123,8 +131,8 @@ impl Docker {
                 format!("CONCORD_PEER_ADVERTISE={ip}:7947"),
                 format!("CONCORD_SEEDS={}", seeds.join(",")),
                 "CONCORD_BOOTSTRAP_NODE=n1".into(),
-                format!("CONCORD_PUBLIC_URL=ws://127.0.0.1:{port}"),
-                format!("CONCORD_PUBLIC_API_URL=http://127.0.0.1:{}", port + 1),
+                format!("CONCORD_PUBLIC_URL=ws://{ip}:8080"),
+                format!("CONCORD_PUBLIC_API_URL=http://{ip}:8081"),
                 format!("CONCORD_TOKEN_SECRET={TOKEN_SECRET}"),
                 format!("CONCORD_PUBLISH_SECRET={PUBLISH_SECRET}"),
                 format!("CONCORD_CLUSTER_SECRET={CLUSTER_SECRET}"),
