@@ -1440,14 +1440,18 @@ mod tests {
 
     #[test]
     fn a_restarted_node_never_reuses_a_publish_id() {
-        // Generations are Unix milliseconds; a restart is at least a few ms later.
-        let first = 1_796_420_546_223;
-        let restarted = first + 5;
-        // Even a million publishes a second for a year stay below the next range.
-        let used = first_publish_id(first) + 1_000_000 * 86_400 * 365;
-        assert!(used < first_publish_id(restarted) || restarted - first > 5);
-        assert!(first_publish_id(first) + (5 << 20) <= first_publish_id(restarted));
-        // Room left in u64 for centuries of generations.
+        // Generations are Unix milliseconds. An incarnation that ran an hour at 100,000
+        // publishes a second used 3.6e8 ids; the next one starts 3.6e6 x 2^20 further on.
+        let first = 1_796_420_546_223_u64;
+        let lived_ms = 3_600_000;
+        let used = first_publish_id(first) + 100 * lived_ms;
+        assert!(used < first_publish_id(first + lived_ms));
+        // Even a restart 1 ms later leaves 2^20 ids of room.
+        assert_eq!(
+            first_publish_id(first + 1) - first_publish_id(first),
+            1 << 20
+        );
+        // And u64 holds generations for centuries: 2^64 / 2^20 ms is about 557 years.
         assert!(first_publish_id(first * 9) < u64::MAX);
     }
 }
