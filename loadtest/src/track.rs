@@ -159,6 +159,36 @@ struct GuildStream {
     forgotten_through: u64,
 }
 
+impl GuildStream {
+    /// Takes `pseq` out of the hole it is in; `false` if it is in none.
+    fn fill(&mut self, pseq: u64) -> bool {
+        let Some(i) = self
+            .holes
+            .iter()
+            .position(|&(lo, hi)| lo <= pseq && pseq <= hi)
+        else {
+            return false;
+        };
+        let (lo, hi) = self.holes[i];
+        match (pseq == lo, pseq == hi) {
+            (true, true) => {
+                self.holes.remove(i);
+            }
+            (true, false) => self.holes[i].0 = pseq + 1,
+            (false, true) => self.holes[i].1 = pseq - 1,
+            (false, false) => {
+                self.holes[i].1 = pseq - 1;
+                self.holes.insert(i + 1, (pseq + 1, hi));
+                if self.holes.len() > MAX_HOLES_PER_GUILD {
+                    let (_, end) = self.holes.remove(0);
+                    self.forgotten_through = end;
+                }
+            }
+        }
+        true
+    }
+}
+
 /// Tracks each guild's publisher sequence for one session: the highest `pseq` seen plus a
 /// bounded list of holes below it, so gaps, duplicates and late arrivals are told apart
 /// without remembering every event.
@@ -224,39 +254,19 @@ impl PublisherTracker {
             return Observation::Gap { missing };
         }
         // Below or at the highest: a late arrival filling a hole, or a duplicate.
-        let hole = stream
-            .holes
-            .iter()
-            .position(|&(lo, hi)| lo <= pseq && pseq <= hi);
-        match hole {
-            Some(i) => {
-                let (lo, hi) = stream.holes[i];
-                match (pseq == lo, pseq == hi) {
-                    (true, true) => {
-                        stream.holes.remove(i);
-                    }
-                    (true, false) => stream.holes[i].0 = pseq + 1,
-                    (false, true) => stream.holes[i].1 = pseq - 1,
-                    (false, false) => {
-                        stream.holes[i].1 = pseq - 1;
-                        stream.holes.insert(i + 1, (pseq + 1, hi));
-                        if stream.holes.len() > MAX_HOLES_PER_GUILD {
-                            let (_, end) = stream.holes.remove(0);
-                            stream.forgotten_through = end;
-                        }
-                    }
-                }
+        match stream.fill(pseq) {
+            true => {
                 totals.gaps = totals.gaps.saturating_sub(1);
                 totals.reordered += 1;
                 Observation::Reordered
             }
             // Before tracking began, or in a forgotten hole: whether this one was seen is
             // unknown, so it is reported late and any gap it belonged to stays counted.
-            None if pseq < stream.start || pseq <= stream.forgotten_through => {
+            false if pseq < stream.start || pseq <= stream.forgotten_through => {
                 totals.reordered += 1;
                 Observation::Reordered
             }
-            None => {
+            false => {
                 totals.duplicates += 1;
                 Observation::Duplicate
             }
@@ -285,19 +295,7 @@ impl PublisherTracker {
         // Unknown numbers in holes below the highest seen were counted as gaps already.
         if let Some(stream) = self.guilds.get_mut(&guild) {
             for &u in unknown {
-                if let Some(i) = stream.holes.iter().position(|&(lo, hi)| lo <= u && u <= hi) {
-                    let (lo, hi) = stream.holes[i];
-                    match (u == lo, u == hi) {
-                        (true, true) => {
-                            stream.holes.remove(i);
-                        }
-                        (true, false) => stream.holes[i].0 = u + 1,
-                        (false, true) => stream.holes[i].1 = u - 1,
-                        (false, false) => {
-                            stream.holes[i].1 = u - 1;
-                            stream.holes.insert(i + 1, (u + 1, hi));
-                        }
-                    }
+                if stream.fill(u) {
                     self.totals.gaps = self.totals.gaps.saturating_sub(1);
                 }
             }

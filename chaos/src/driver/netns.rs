@@ -181,6 +181,12 @@ impl Netns {
         ))
     }
 
+    async fn tc(&self, i: usize, qdisc: &[&str]) -> anyhow::Result<()> {
+        let mut args = vec!["netns", "exec", &self.spaces[i], "tc", "qdisc"];
+        args.extend_from_slice(qdisc);
+        run("ip", &args).await.map(drop)
+    }
+
     async fn iptables(&self, i: usize, rule: &[&str]) -> anyhow::Result<()> {
         let mut args = vec!["netns", "exec", &self.spaces[i], "iptables", "-w"];
         args.extend_from_slice(rule);
@@ -257,46 +263,15 @@ impl Netns {
             }
             Op::Latency(ms) => {
                 let delay = format!("{ms}ms");
-                run(
-                    "ip",
-                    &[
-                        "netns",
-                        "exec",
-                        &self.spaces[i],
-                        "tc",
-                        "qdisc",
-                        "add",
-                        "dev",
-                        "eth0",
-                        "root",
-                        "netem",
-                        "delay",
-                        &delay,
-                    ],
-                )
-                .await
-                .map(drop)
-                .context("tc netem (this kernel may lack sch_netem)")
+                self.tc(i, &["add", "dev", "eth0", "root", "netem", "delay", &delay])
+                    .await
+                    .context("tc netem (this kernel may lack sch_netem)")
             }
             Op::Heal => {
                 self.iptables(i, &["-F", "INPUT"]).await?;
                 self.iptables(i, &["-F", "OUTPUT"]).await?;
                 // Only there after a latency fault.
-                let _ = run(
-                    "ip",
-                    &[
-                        "netns",
-                        "exec",
-                        &self.spaces[i],
-                        "tc",
-                        "qdisc",
-                        "del",
-                        "dev",
-                        "eth0",
-                        "root",
-                    ],
-                )
-                .await;
+                let _ = self.tc(i, &["del", "dev", "eth0", "root"]).await;
                 Ok(())
             }
         }
