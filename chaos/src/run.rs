@@ -303,12 +303,7 @@ pub async fn exercise(
     let mut observed = Observed::default();
     let mut rss_first: HashMap<usize, u64> = HashMap::new();
     let mut rss_last: HashMap<usize, u64> = HashMap::new();
-    // Memory growth counts from the steady state just before the first fault (guild
-    // logs and replay buffers fill in the first seconds of publishing).
-    let baseline_at = t0
-        + steps.first().map_or(scenario.load.duration.0 / 4, |s| {
-            s.at.saturating_sub(Duration::from_secs(1))
-        });
+    let baseline_at = t0 + memory_baseline(steps.first().map(|s| s.at), scenario.load.duration.0);
     let mut next_rss = baseline_at;
     let deadline = t0 + scenario.load.duration.0 + Duration::from_secs(120);
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -545,6 +540,17 @@ pub async fn exercise(
     })
 }
 
+/// When memory growth starts counting, from the start of publishing: not before a
+/// quarter of the load (guild logs and replay buffers fill in the first seconds), and not
+/// before the second before the first fault. Nodes that were restarted or stopped after
+/// it are left out of the figure.
+fn memory_baseline(first_fault: Option<Duration>, load: Duration) -> Duration {
+    let warm = load / 4;
+    first_fault.map_or(warm, |at| {
+        at.saturating_sub(Duration::from_secs(1)).max(warm)
+    })
+}
+
 fn op_name(op: Op) -> String {
     match op {
         Op::Kill => "kill".into(),
@@ -605,6 +611,15 @@ async fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_counts_from_the_warm_state() {
+        let s = Duration::from_secs;
+        assert_eq!(memory_baseline(None, s(20)), s(5));
+        assert_eq!(memory_baseline(Some(s(10)), s(20)), s(9));
+        // An early fault in a long exploration: still after the warm-up.
+        assert_eq!(memory_baseline(Some(s(3)), s(60)), s(15));
+    }
 
     #[test]
     fn metrics_are_read_from_the_text_page() {
