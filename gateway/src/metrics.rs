@@ -139,19 +139,14 @@ pub fn cluster_members(state: &'static str, n: usize) {
     gauge!("concord_cluster_members", "state" => state).set(n as f64);
 }
 
-/// Counts a ring change and sets how many partitions this node now owns. The ring's
-/// version is `concord_ring_info{version}` = 1 (the one before goes to 0), so an alert
-/// can see nodes that disagree on the ring: `count(count by (version)
-/// (concord_ring_info == 1)) > 1`.
-pub fn ring_changed(owned: usize, before: Option<&str>, now: Option<&str>) {
+/// Counts a ring change and sets how many partitions this node now owns, and
+/// `concord_ring_version`: the ring version's top 53 bits (exact in a float; 0 without a
+/// ring). One series per node, so an alert sees nodes that disagree on the ring as
+/// `max(concord_ring_version) != min(concord_ring_version)`.
+pub fn ring_changed(owned: usize, version: Option<u64>) {
     counter!("concord_ring_changes_total").increment(1);
     gauge!("concord_ring_owned_partitions").set(owned as f64);
-    if let Some(before) = before {
-        gauge!("concord_ring_info", "version" => before.to_owned()).set(0.0);
-    }
-    if let Some(now) = now {
-        gauge!("concord_ring_info", "version" => now.to_owned()).set(1.0);
-    }
+    gauge!("concord_ring_version").set(version.map_or(0.0, |v| (v >> 11) as f64));
 }
 
 fn known_event_type(t: &str) -> &'static str {

@@ -454,11 +454,7 @@ impl Published {
                 owned,
                 "ring changed"
             );
-            crate::metrics::ring_changed(
-                owned,
-                self.ring.map(|v| v.to_string()).as_deref(),
-                version.map(|v| v.to_string()).as_deref(),
-            );
+            crate::metrics::ring_changed(owned, version.map(|v| v.0));
             self.ring = version;
         }
         tx.send_replace(view);

@@ -948,19 +948,16 @@ impl RouterTask {
         };
         job.waiting.remove(&fetch);
         let (intents, passive) = (job.session.intents, job.session.lock().passive.clone());
-        let before = job
-            .rebuilt
-            .cursors
-            .iter()
-            .find(|(g, _)| *g == guild)
-            .map(|c| c.1);
+        let cursor = |job: &AdoptJob| {
+            job.rebuilt
+                .cursors
+                .iter()
+                .find(|(g, _)| *g == guild)
+                .map(|c| c.1)
+        };
+        let before = cursor(job);
         let extended = extend(&mut job.rebuilt, intents, &passive, guild, events);
-        let after = job
-            .rebuilt
-            .cursors
-            .iter()
-            .find(|(g, _)| *g == guild)
-            .map(|c| c.1);
+        let after = cursor(job);
         // The owner had nothing past the cursor (it may still be collecting the guild's
         // log): do not ask again in a loop; the session identifies again.
         let stuck = extended.is_ok() && before == after;
